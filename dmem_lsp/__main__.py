@@ -1,0 +1,5 @@
+"""``python -m dmem_lsp`` is the ``dmem-lsp`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

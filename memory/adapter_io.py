@@ -1,0 +1,264 @@
+"""Adapter files: ours (safetensors + sorted JSON) and the official release's (read only).
+
+Ours, a directory:
+    adapter_config.json   sorted keys: format_version, delta_mem (the config), base_model
+                          (id, revision and the shapes the adapter was built for),
+                          parameters, weights_sha256
+    adapter.safetensors   tensors named ``layers.{i}.{parameter}``
+
+The official release, a directory:
+    delta_mem_config.json  rank, alpha, num_state_heads, memory_write_granularity, ...
+    delta_mem_adapter.pt   torch.save of ``model.layers.{i}.self_attn.{parameter}``; read
+                           with ``weights_only=True`` and nothing else is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import DeltaMemConfig
+from .model import Memory, attach
+
+__all__ = [
+    "save_adapter",
+    "load_adapter",
+    "read_adapter",
+    "AdapterError",
+    "FORMAT_VERSION",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "OFFICIAL_CONFIG_NAME",
+    "OFFICIAL_WEIGHTS_NAME",
+]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+OFFICIAL_CONFIG_NAME = "delta_mem_config.json"
+OFFICIAL_WEIGHTS_NAME = "delta_mem_adapter.pt"
+
+_OFFICIAL_KEY = re.compile(r"^(?:.*\.)?layers\.(\d+)\.self_attn\.(\w+)$")
+# Present in official files but inactive when delta_heads is ("q", "o"): K and V stay untouched.
+_OFFICIAL_INACTIVE = {"delta_k_proj", "delta_v_proj"}
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be used: missing, tampered, or made for another model."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _base_shapes(memory: Memory) -> dict[str, Any]:
+    first = memory.layers[0]
+    return {
+        "hidden_size": first.memory_q_proj.shape[1],
+        "num_layers": len(memory.layers),
+        "q_proj_out": first.delta_q_proj.shape[0],
+        "o_proj_out": first.delta_o_proj.shape[0],
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(
+    memory: Memory,
+    path: str | os.PathLike,
+    *,
+    base_model_id: str | None = None,
+    base_model_revision: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save the adapter weights and config in our format; returns the directory."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.cpu().contiguous() for name, t in memory.adapter_state_dict().items()}
+    weights = path / WEIGHTS_NAME
+    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "dmem-lsp-adapter"}))
+    model_config = getattr(memory.model, "config", None)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "delta_mem": memory.config.to_dict(),
+        "base_model": {
+            "id": base_model_id or getattr(model_config, "_name_or_path", None) or None,
+            "revision": base_model_revision or getattr(model_config, "_commit_hash", None),
+            "model_type": getattr(model_config, "model_type", None),
+            **_base_shapes(memory),
+        },
+        "parameters": memory.num_trainable_parameters(),
+        "weights_sha256": sha256_file(weights),
+        **(extra or {}),
+    }
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an adapter directory in either format, checking its integrity.
+
+    Returns (config, tensors named ``layers.{i}.{parameter}``, metadata). Our format's
+    weights must match the sha256 in its config; the official format's names and shapes
+    are checked when the tensors are loaded into a model.
+    """
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return _read_ours(path)
+    if (path / OFFICIAL_CONFIG_NAME).is_file():
+        return _read_official(path)
+    if not path.exists():
+        raise AdapterError(f"no adapter at {path}: the directory does not exist")
+    raise AdapterError(
+        f"no adapter at {path}: expected {CONFIG_NAME} + {WEIGHTS_NAME} (dmem-lsp) "
+        f"or {OFFICIAL_CONFIG_NAME} + {OFFICIAL_WEIGHTS_NAME} (the official release)"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    return data
+
+
+def _read_ours(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    meta = _read_json(path / CONFIG_NAME)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise AdapterError(
+            f"{path / CONFIG_NAME}: format_version {version!r} is not supported (this dmem-lsp reads {FORMAT_VERSION})"
+        )
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise AdapterError(f"{weights} is missing")
+    expected = meta.get("weights_sha256")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise AdapterError(
+            f"{weights} does not match its config (sha256 {actual[:12]}…, config says {str(expected)[:12]}…): "
+            "the file is truncated or was modified; re-export the adapter"
+        )
+    try:
+        config = DeltaMemConfig.from_dict(meta["delta_mem"])
+        tensors = load_file(weights)
+    except (KeyError, TypeError, ValueError) as error:
+        raise AdapterError(f"{path}: {error}") from error
+    return config, tensors, meta
+
+
+def official_config(data: dict[str, Any]) -> DeltaMemConfig:
+    """Our config for an official ``delta_mem_config.json``; unsupported settings are refused by name."""
+    unsupported = []
+    required = {
+        "couple_lambda": True,
+        "normalize_qk": True,
+        "rankwise_gates": True,
+        "state_update_mode": "standard",
+        "memory_readout_mode": "delta",
+    }
+    for key, value in required.items():
+        if key in data and data[key] != value:
+            unsupported.append(f"{key}={data[key]!r} (supported: {value!r})")
+    heads = data.get("delta_heads", ["q", "o"])
+    if sorted(heads) != ["o", "q"]:
+        unsupported.append(f"delta_heads={list(heads)!r} (supported: ['q', 'o'])")
+    granularity = data.get("memory_write_granularity", "token")
+    writes = {"token": "token", "message_mean": "segment", "sentence_mean": "segment"}
+    if granularity not in writes:
+        unsupported.append(f"memory_write_granularity={granularity!r} (supported: {', '.join(writes)})")
+    if unsupported:
+        raise AdapterError("unsupported δ-mem settings in the official config: " + "; ".join(unsupported))
+    try:
+        return DeltaMemConfig(
+            rank=int(data.get("rank", 8)),
+            alpha=float(data.get("alpha", 16.0)),
+            state_heads=int(data.get("num_state_heads", 1)),
+            write=writes[granularity],
+        )
+    except (TypeError, ValueError) as error:
+        raise AdapterError(f"official config: {error}") from error
+
+
+def _read_official(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    data = _read_json(path / OFFICIAL_CONFIG_NAME)
+    config = official_config(data)
+    weights = path / OFFICIAL_WEIGHTS_NAME
+    if not weights.is_file():
+        raise AdapterError(f"{weights} is missing")
+    try:
+        raw = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses anything but tensors and plain containers
+        raise AdapterError(f"cannot read {weights} as tensors only: {error}") from error
+    if not isinstance(raw, dict) or not all(isinstance(t, torch.Tensor) for t in raw.values()):
+        raise AdapterError(f"{weights} must hold a dict of tensors")
+    tensors, unknown = {}, []
+    for key, tensor in raw.items():
+        match = _OFFICIAL_KEY.match(str(key))
+        if match is None:
+            unknown.append(str(key))
+        elif match.group(2) not in _OFFICIAL_INACTIVE:
+            tensors[f"layers.{int(match.group(1))}.{match.group(2)}"] = tensor
+    if unknown:
+        raise AdapterError(f"{weights}: unexpected keys {sorted(unknown)[:8]}")
+    return config, tensors, {"format": "official", "config": data}
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, **overrides: Any) -> Memory:
+    """Attach δ-mem to ``model`` with the adapter at ``path`` (either format).
+
+    ``overrides`` change runtime settings that are not part of the weights (``stores``,
+    ``chunk_size``). An adapter built for another backbone is refused, naming both shapes.
+    """
+    config, tensors, meta = read_adapter(path)
+    runtime = {key: overrides.pop(key) for key in ("stores", "chunk_size") if key in overrides}
+    if overrides:
+        raise TypeError(f"unexpected overrides: {', '.join(sorted(overrides))}")
+    config = config.replace(**runtime)
+    memory = attach(model, config)
+    base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else None
+    if base is not None:
+        ours = _base_shapes(memory)
+        differ = [f"{k}: adapter {base.get(k)}, model {v}" for k, v in ours.items() if base.get(k) != v]
+        if differ:
+            memory.detach()
+            raise AdapterError(
+                f"adapter {path} was built for {base.get('id') or 'another backbone'}, not this model ("
+                + "; ".join(differ)
+                + ")"
+            )
+    try:
+        memory.load_adapter_state_dict(tensors)
+    except ValueError as error:
+        memory.detach()
+        raise AdapterError(f"{path}: {error}") from error
+    return memory

@@ -1,0 +1,331 @@
+"""Attaching δ-mem to a Hugging Face causal LM, and the named stores it reads and writes.
+
+``attach`` finds every attention block with ``q_proj`` and ``o_proj`` (Qwen3, Qwen2,
+Llama, Mistral, SmolLM3 and their relatives), adds a ``DeltaMemLayer`` to it as
+``self_attn.delta_mem`` and wraps the two projections:
+
+    q_proj(x) + s · o W_dqᵀ        o_proj(·) + s · o W_doᵀ
+
+where o are the reads of the layer's input x (the tensor q_proj receives). K and V are
+untouched, so the KV cache holds exactly the base model's keys and values.
+
+A forward outside ``Memory.writing`` is a read-only pass: every token reads the same fixed
+state, the sum of all stores, and nothing changes. Inside ``writing(store=...)`` a
+forward is a write pass into that one store (TSW: token by token, each token reading
+before it writes; SSW: one write per segment, reads see the state from before the pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .config import DeltaMemConfig
+from .delta_rule import delta_rule_chunked, delta_rule_step
+from .layer import DeltaMemLayer, base_weight
+from .wrappers import MemoryLinear
+
+__all__ = ["Memory", "attach", "AttachError", "TESTED_MODEL_TYPES"]
+
+log = logging.getLogger(__name__)
+
+TESTED_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral", "smollm3")
+
+
+class AttachError(ValueError):
+    """δ-mem cannot be attached to this model."""
+
+
+@dataclass(frozen=True)
+class _WritePass:
+    store: str
+    segments: torch.Tensor | None  # [B, T] segment ids, -1 = not written
+
+
+def _attention_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = [
+        module
+        for module in model.modules()
+        if isinstance(getattr(module, "q_proj", None), nn.Module)
+        and isinstance(getattr(module, "o_proj", None), nn.Module)
+    ]
+    if not blocks:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise AttachError(
+            f"δ-mem cannot attach to {model_type!r}: it needs attention blocks with separate q_proj and "
+            f"o_proj projections (tested: {', '.join(TESTED_MODEL_TYPES)})"
+        )
+    if any(isinstance(block.q_proj, MemoryLinear) for block in blocks):
+        raise AttachError("δ-mem is already attached to this model")
+    return blocks
+
+
+def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> "Memory":
+    """Attach freshly initialised δ-mem to ``model``; states start at zero.
+
+    With zero states the model's outputs are the base model's, bit for bit. On the meta
+    device (counting parameters without weights) the parameters are left uninitialised.
+    """
+    config = config or DeltaMemConfig()
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in TESTED_MODEL_TYPES:
+        log.warning("δ-mem has not been tested with model type %r; attaching anyway", model_type)
+    blocks = _attention_blocks(model)
+    layers = []
+    for index, block in enumerate(blocks):
+        q_proj, o_proj = block.q_proj, block.o_proj
+        device = q_proj.weight.device
+        layer = DeltaMemLayer(index, q_proj.in_features, q_proj.out_features, o_proj.out_features, config, device)
+        if device.type != "meta":
+            layer.reset_parameters(base_weight(q_proj), base_weight(o_proj))
+        layers.append(layer)
+    return Memory(model, config, blocks, layers)
+
+
+class Memory:
+    """δ-mem attached to one model: its layers, its named stores and its pass mode."""
+
+    def __init__(
+        self, model: nn.Module, config: DeltaMemConfig, blocks: list[nn.Module], layers: list[DeltaMemLayer]
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.layers = layers
+        self._blocks = blocks
+        self._pass: _WritePass | None = None
+        self._attention_mask: torch.Tensor | None = None
+        self._pending_o: dict[int, torch.Tensor | None] = {}
+        self._states: dict[str, list[torch.Tensor]] = {}
+        self._nonzero: set[str] = set()
+        self.reset()
+        for block, layer in zip(blocks, layers):
+            block.delta_mem = layer
+            block.q_proj = MemoryLinear(block.q_proj, lambda x, layer=layer: self._q_correction(layer, x))
+            block.o_proj = MemoryLinear(block.o_proj, lambda x, layer=layer: self._o_correction(layer))
+        self._hooks = [
+            model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
+            model.register_forward_hook(self._release_mask),
+        ]
+
+    # ----------------------------------------------------------------- stores
+    @property
+    def stores(self) -> tuple[str, ...]:
+        return self.config.stores
+
+    def states(self) -> dict[str, torch.Tensor]:
+        """A copy of every store: {name: float32 [layers, heads, rank, rank]} on the CPU."""
+        return {name: torch.stack([s.detach().cpu() for s in per_layer]) for name, per_layer in self._states.items()}
+
+    def load_states(self, states: dict[str, torch.Tensor]) -> None:
+        """Replace the named stores (others keep their state). Shapes and names are checked first."""
+        expected = (len(self.layers), self.config.state_heads, self.config.rank, self.config.rank)
+        unknown = sorted(set(states) - set(self.stores))
+        if unknown:
+            raise ValueError(f"unknown memory stores {unknown}; this memory has {list(self.stores)}")
+        for name, tensor in states.items():
+            if tuple(tensor.shape) != expected:
+                raise ValueError(f"store {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"store {name!r} holds non-finite values")
+        for name, tensor in states.items():
+            self._states[name] = [
+                tensor[i].to(device=layer.beta_bias.device, dtype=torch.float32).clone()
+                for i, layer in enumerate(self.layers)
+            ]
+            self._mark(name)
+
+    def reset(self, store: str | None = None) -> None:
+        """Zero one store, or all of them."""
+        for name in self.stores if store is None else (self._check_store(store),):
+            self._states[name] = [
+                torch.zeros(self.config.state_heads, self.config.rank, self.config.rank, device=layer.beta_bias.device)
+                for layer in self.layers
+            ]
+            self._nonzero.discard(name)
+
+    @contextlib.contextmanager
+    def writing(self, store: str, segments: torch.Tensor | None = None) -> Iterator["Memory"]:
+        """Every forward inside is a write pass into ``store``.
+
+        ``segments`` [B, T] (optional; required for SSW) gives each token a segment id,
+        -1 for tokens that are not written. Padding (attention_mask 0) is never written.
+        A batch is written as its rows one after another.
+        """
+        self._check_store(store)
+        if self._pass is not None:
+            raise RuntimeError(f"already writing into {self._pass.store!r}; write passes do not nest")
+        if self.config.write == "segment" and segments is None:
+            raise ValueError("segment writes (SSW) need segments=[B, T] segment ids")
+        if segments is not None and segments.dim() != 2:
+            raise ValueError(f"segments must be [batch, tokens], got shape {tuple(segments.shape)}")
+        self._pass = _WritePass(store, segments)
+        try:
+            yield self
+        finally:
+            self._pass = None
+            self._pending_o.clear()
+
+    # ------------------------------------------------------------- adapter
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Adapter parameters as ``layers.{i}.{name}``."""
+        for layer in self.layers:
+            for name, param in layer.named_parameters():
+                yield f"layers.{layer.index}.{name}", param
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return (param for _, param in self.named_parameters())
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: param.detach() for name, param in self.named_parameters()}
+
+    def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load adapter weights; missing, unexpected and misshapen keys are refused by name."""
+        own = dict(self.named_parameters())
+        problems = []
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing:
+            problems.append(f"missing keys: {_list(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_list(unexpected)}")
+        for name in sorted(set(own) & set(tensors)):
+            if tuple(tensors[name].shape) != tuple(own[name].shape):
+                problems.append(f"{name} has shape {tuple(tensors[name].shape)}, expected {tuple(own[name].shape)}")
+        if problems:
+            raise ValueError("adapter does not fit this model: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, param in own.items():
+                param.copy_(tensors[name].to(param.device, torch.float32))
+
+    def detach(self) -> None:
+        """Remove δ-mem from the model, restoring the original projections."""
+        for block in self._blocks:
+            block.q_proj = block.q_proj.base_layer
+            block.o_proj = block.o_proj.base_layer
+            del block.delta_mem
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    # ------------------------------------------------------------ forward
+    def _capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._attention_mask = mask if isinstance(mask, torch.Tensor) else None
+
+    def _release_mask(self, module: nn.Module, args: tuple, output: object) -> None:
+        self._attention_mask = None
+        self._pending_o.clear()
+
+    def _written(self, B: int, T: int, device: torch.device) -> torch.Tensor | None:
+        """[B, T] bool: which tokens of this forward are written (None: all of them)."""
+        written = None
+        mask = self._attention_mask
+        if mask is not None:
+            if mask.dim() != 2 or mask.shape[0] != B or mask.shape[1] < T:
+                raise ValueError(
+                    f"write passes need a 2-D attention_mask [batch, tokens]; got shape {tuple(mask.shape)}"
+                )
+            written = mask[:, -T:].to(device).bool()
+        segments = self._pass.segments
+        if segments is not None:
+            if tuple(segments.shape) != (B, T):
+                raise ValueError(f"segments have shape {tuple(segments.shape)} but this forward has {(B, T)}")
+            by_segment = segments.to(device) >= 0
+            written = by_segment if written is None else written & by_segment
+        return written
+
+    def _read(self, names: tuple[str, ...], index: int, q: torch.Tensor) -> torch.Tensor | None:
+        """Σ_store S_store q, per head: q [B, T, h, r] -> [B, T, h, r] (None if all zero)."""
+        names = tuple(n for n in names if n in self._nonzero)
+        if not names:
+            return None
+        S = sum(self._states[n][index] for n in names)  # [h, r, r]
+        return torch.einsum("hij,bthj->bthi", S, q)
+
+    def _q_correction(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+        if self._pass is None:
+            o = self._read(self.stores, layer.index, layer.project_read(x)) if self._nonzero else None
+        elif self.config.write == "token":
+            o = self._write_tokens(layer, x)
+        else:
+            o = self._write_segments(layer, x)
+        if o is None:
+            self._pending_o[layer.index] = None
+            return None
+        delta_q, delta_o = layer.corrections(o)
+        self._pending_o[layer.index] = delta_o
+        return delta_q
+
+    def _o_correction(self, layer: DeltaMemLayer) -> torch.Tensor | None:
+        return self._pending_o.pop(layer.index, None)
+
+    def _write_tokens(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor:
+        """TSW: the rows of the batch, one after another, each token reading before it writes."""
+        B, T, _ = x.shape
+        store = self._pass.store
+        q, k, v, beta, log_lam = layer.project(x)  # [B, T, h, r] each
+        written = self._written(B, T, x.device)
+        if written is not None:  # unwritten tokens: β = 0, λ = 1 (no change)
+            keep = written[..., None, None]  # torch.where, not a product: pads may hold NaN
+            k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
+        h, r = q.shape[-2:]
+        flat = [t.reshape(1, B * T, h, r) for t in (q, k, v, beta, log_lam)]  # [1, B·T, h, r]
+        S0 = self._states[store][layer.index].unsqueeze(0)  # [1, h, r, r]
+        if B * T == 1:  # decoding: one step
+            o, S = delta_rule_step(*(t[:, 0] for t in flat[:4]), S0, log_lam=flat[4][:, 0])
+        else:
+            o, S = delta_rule_chunked(*flat[:4], S0, log_lam=flat[4], chunk_size=self.config.chunk_size)
+        self._states[store][layer.index] = S[0]
+        self._nonzero.add(store)
+        o = o.reshape(B, T, h, r)
+        others = self._read(tuple(n for n in self.stores if n != store), layer.index, q)
+        return o if others is None else o + others
+
+    def _write_segments(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+        """SSW: each segment written once as the mean of x over its tokens; reads see the old state."""
+        B, T, H = x.shape
+        store = self._pass.store
+        o = self._read(self.stores, layer.index, layer.project_read(x))  # state from before the pass
+        written = self._written(B, T, x.device)
+        segments = self._pass.segments.to(x.device)
+        if written is not None:
+            segments = segments.masked_fill(~written, -1)
+        tokens = segments >= 0
+        if tokens.any():
+            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
+            key = rows[tokens] * (int(segments.max()) + 1) + segments[tokens]  # row-major, then segment id
+            order, slot = torch.unique(key, sorted=True, return_inverse=True)
+            sums = x.new_zeros(len(order), H, dtype=torch.float32).index_add_(0, slot, x[tokens].float())
+            counts = torch.bincount(slot, minlength=len(order)).unsqueeze(-1)
+            means = (sums / counts).unsqueeze(0)  # [1, segments, H]
+            _, k, v, beta, log_lam = layer.project(means)
+            q = torch.zeros_like(k)  # the reads of this scan are not used
+            S0 = self._states[store][layer.index].unsqueeze(0)
+            _, S = delta_rule_chunked(q, k, v, beta, S0, log_lam=log_lam, chunk_size=self.config.chunk_size)
+            self._states[store][layer.index] = S[0]
+            self._nonzero.add(store)
+        return o
+
+    def _check_store(self, store: str) -> str:
+        if store not in self.stores:
+            raise ValueError(f"unknown memory store {store!r}; this memory has {list(self.stores)}")
+        return store
+
+    def _mark(self, name: str) -> None:
+        if any(bool(s.any()) for s in self._states[name]):
+            self._nonzero.add(name)
+        else:
+            self._nonzero.discard(name)
+
+
+def _list(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

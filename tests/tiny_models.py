@@ -1,0 +1,62 @@
+"""Tiny random causal LMs, built from configs at run time and saved like a user's model.
+
+No weights can be downloaded here, so tests save these to a temporary directory and load
+them back through ``from_pretrained`` -- the path a user's model takes -- in full
+precision or as bitsandbytes NF4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB = 320
+ARCHITECTURES = ("qwen3", "qwen2", "llama", "mistral", "smollm3")
+
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
+
+
+def config_for(architecture: str) -> transformers.PretrainedConfig:
+    if architecture == "qwen3":
+        return transformers.Qwen3Config(head_dim=16, **_COMMON)
+    if architecture == "qwen2":
+        return transformers.Qwen2Config(**_COMMON)
+    if architecture == "llama":
+        return transformers.LlamaConfig(**_COMMON)
+    if architecture == "mistral":
+        return transformers.MistralConfig(head_dim=16, **_COMMON)
+    if architecture == "smollm3":
+        return transformers.SmolLM3Config(**{**_COMMON, "num_hidden_layers": 4})  # one NoPE layer in four
+    raise ValueError(architecture)
+
+
+def save_tiny_model(architecture: str, directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config_for(architecture))
+    with torch.no_grad():  # larger than the default init, so logits are far from ties
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.08)
+    model.save_pretrained(directory)
+    return directory
+
+
+def load_tiny_model(directory: Path, nf4: bool = False, dtype: torch.dtype = torch.float32):
+    kwargs = {"dtype": dtype}
+    if nf4:
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = "cpu"
+    return transformers.AutoModelForCausalLM.from_pretrained(directory, **kwargs).eval()
