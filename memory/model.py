@@ -134,7 +134,7 @@ class Memory:
                 raise ValueError(f"store {name!r} holds non-finite values")
         for name, tensor in states.items():
             self._states[name] = [
-                tensor[i].to(device=layer.beta_bias.device, dtype=torch.float32).clone()
+                tensor[i].to(device=_state_device(layer), dtype=torch.float32).clone()
                 for i, layer in enumerate(self.layers)
             ]
             self._mark(name)
@@ -143,7 +143,7 @@ class Memory:
         """Zero one store, or all of them."""
         for name in self.stores if store is None else (self._check_store(store),):
             self._states[name] = [
-                torch.zeros(self.config.state_heads, self.config.rank, self.config.rank, device=layer.beta_bias.device)
+                torch.zeros(self.config.state_heads, self.config.rank, self.config.rank, device=_state_device(layer))
                 for layer in self.layers
             ]
             self._nonzero.discard(name)
@@ -324,6 +324,12 @@ class Memory:
             self._nonzero.add(name)
         else:
             self._nonzero.discard(name)
+
+
+def _state_device(layer: DeltaMemLayer) -> torch.device:
+    """States live beside their layer's parameters (on the CPU for a meta-device model)."""
+    device = layer.beta_bias.device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _list(names: list[str], limit: int = 8) -> str:

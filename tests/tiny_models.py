@@ -24,6 +24,9 @@ _COMMON = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
     tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 
