@@ -144,6 +144,7 @@ def test_official_unsupported_settings_are_refused(trained, tmp_path):
         memory.read_adapter(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_official_weights_are_never_unpickled(trained, tmp_path):
     _, mem = trained
     path = write_official(tmp_path / "pickle", mem)

@@ -50,9 +50,12 @@ def test_init_reads_the_base_projections(model_dirs, architecture):
     assert layer.delta_o_proj.shape == (64, 8) and layer.memory_k_proj.shape == (8, 64)
 
 
-@pytest.mark.parametrize("architecture", ["qwen3", "llama", "smollm3"])
-def test_greedy_generate_with_cache_equals_full_forwards(model_dirs, architecture):
-    model = load_tiny_model(model_dirs[architecture])
+@pytest.mark.parametrize(
+    "architecture, nf4", [("qwen3", False), ("llama", False), ("smollm3", False), ("qwen3", True)],
+    ids=["qwen3", "llama", "smollm3", "qwen3-nf4"],
+)
+def test_greedy_generate_with_cache_equals_full_forwards(model_dirs, architecture, nf4):
+    model = load_tiny_model(model_dirs[architecture], nf4=nf4)
     mem = memory.attach(model, memory.DeltaMemConfig())
     strengthen(mem)
     with torch.no_grad():
@@ -67,12 +70,32 @@ def test_greedy_generate_with_cache_equals_full_forwards(model_dirs, architectur
         for _ in range(12):
             logits = model(input_ids=sequence, use_cache=False).logits[:, -1]
             sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
-        base_model = load_tiny_model(model_dirs[architecture])
+        base_model = load_tiny_model(model_dirs[architecture], nf4=nf4)
         base = base_model.generate(
             prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0
         )
     assert torch.equal(generated, sequence)
     assert not torch.equal(generated, base), "the memory should change what is generated"
+
+
+def test_token_by_token_writes_with_the_kv_cache_equal_one_write(model_dirs):
+    """Writing while decoding (one-token forwards on the cache) is the same as one long write."""
+    model = load_tiny_model(model_dirs["qwen3"])
+    mem = memory.attach(model, memory.DeltaMemConfig())
+    strengthen(mem)
+    ids = token_ids(1, 16, seed=8)
+    with torch.no_grad(), mem.writing(store="debug"):
+        whole = model(input_ids=ids).logits
+        at_once = mem.states()["debug"]
+        mem.reset()
+        out = model(input_ids=ids[:, :6], use_cache=True)
+        pieces, cache = [out.logits], out.past_key_values
+        for t in range(6, 16):
+            out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            pieces.append(out.logits)
+            cache = out.past_key_values
+    assert torch.allclose(mem.states()["debug"], at_once, atol=1e-5)
+    assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-4)
 
 
 def test_read_only_passes_change_no_store(model_dirs):
