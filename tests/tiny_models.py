@@ -44,7 +44,45 @@ def config_for(architecture: str) -> transformers.PretrainedConfig:
     raise ValueError(architecture)
 
 
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "import os\nclass Settings:\n    def __init__(self):\n        self.path = os.getcwd()\n",
+    "for i in range(10):\n    print(i)\n",
+    "function greet(name) {\n  return `hello ${name}`;\n}\n",
+]
+
+
+def save_tiny_tokenizer(directory: Path, fim: bool = True) -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text round-trips) with a ChatML template and FIM tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = list(SPECIAL_TOKENS + (FIM_TOKENS if fim else ()))
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - 16,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
 def save_tiny_model(architecture: str, directory: Path, seed: int = 0) -> Path:
+    """A tiny random model and its tokenizer, saved as a user's model directory is."""
+    save_tiny_tokenizer(directory)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config_for(architecture))
     with torch.no_grad():  # larger than the default init, so logits are far from ties

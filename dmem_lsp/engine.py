@@ -1,0 +1,163 @@
+"""The engine: a causal LM with δ-mem attached, loaded once, generating greedily.
+
+Loading resolves the model and adapter through the same ``from_pretrained`` path for a hub
+id and a local directory, picks the device and quantization, and turns the failures a
+user meets into ``EngineError`` messages that say what to do. Generation is a plain greedy
+loop over the KV cache that checks a stop flag between decoding steps, so a caller can
+cancel it within one step. Imported only in the background: it loads torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+import memory
+
+__all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
+
+
+class EngineError(RuntimeError):
+    """A failure to load or run the model, with a message a user can act on."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model: str = DEFAULT_MODEL
+    """A Hugging Face model id or a local directory."""
+    adapter: str | None = DEFAULT_ADAPTER
+    """A δ-mem adapter: a Hugging Face repo id or a directory; None attaches a fresh one."""
+    device: str = "auto"
+    """auto (CUDA when available), cuda or cpu."""
+    quantization: str | None = None
+    """nf4 or none; None: NF4 on CUDA, full precision on the CPU."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be auto, cuda or cpu, not {self.device!r}")
+        if self.quantization not in (None, "nf4", "none"):
+            raise ValueError(f"quantization must be nf4 or none, not {self.quantization!r}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]
+    cancelled: bool
+    """True when the stop flag ended generation early."""
+
+
+def _resolve_local(name: str, what: str, flag: str) -> str:
+    """A directory as is; a hub id through the local cache (downloads allowed unless offline)."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name)
+    except Exception as error:  # offline, not found, no permission: the same advice
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise EngineError(
+            f"cannot find the {what} {name!r}"
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
+            + f": pass a local directory with {flag} PATH, or download it once with network access. ({error})"
+        ) from error
+
+
+class Engine:
+    """A loaded model, its tokenizer and its δ-mem."""
+
+    def __init__(self, model, tokenizer, mem: memory.Memory, device: torch.device) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.memory = mem
+        self.device = device
+
+    @classmethod
+    def load(cls, options: EngineOptions) -> "Engine":
+        import transformers
+
+        cuda = torch.cuda.is_available()
+        if options.device == "cuda" and not cuda:
+            raise EngineError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        device = torch.device("cuda" if options.device in ("auto", "cuda") and cuda else "cpu")
+        quantization = options.quantization or ("nf4" if device.type == "cuda" else "none")
+        model_dir = _resolve_local(options.model, "model", "--model")
+        kwargs: dict = {"dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
+        if quantization == "nf4":
+            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
+            )
+            kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+            model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        except torch.cuda.OutOfMemoryError as error:
+            raise EngineError(
+                "CUDA ran out of memory loading the model: use --quantization nf4, or a smaller --model"
+            ) from error
+        except (OSError, ValueError) as error:
+            raise EngineError(f"cannot load the model from {model_dir}: {error}") from error
+        if "device_map" not in kwargs:
+            model.to(device)
+        model.eval()
+        try:
+            if options.adapter is None:
+                mem = memory.attach(model, memory.DeltaMemConfig())
+            else:
+                mem = memory.load_adapter(model, _resolve_local(options.adapter, "adapter", "--adapter"))
+        except (memory.AttachError, memory.AdapterError) as error:
+            raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
+        log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
+        return cls(model, tokenizer, mem, device)
+
+    def generate(
+        self,
+        input_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Generation:
+        """Greedy decoding over the KV cache; ``should_stop`` is checked before every step.
+
+        Stops at the end-of-sequence token, at the first stop string (cut off), after
+        ``max_new_tokens``, or when ``should_stop()`` turns true (``cancelled``).
+        """
+        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        produced: list[int] = []
+        text = ""
+        with torch.inference_mode():
+            ids = torch.tensor([list(input_ids)], device=self.device)
+            cache = None
+            for _ in range(max_new_tokens):
+                if should_stop():
+                    return Generation(text, produced, cancelled=True)
+                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                token = int(out.logits[0, -1].argmax())
+                if token in eos:
+                    break
+                produced.append(token)
+                text = self.tokenizer.decode(produced, skip_special_tokens=True)
+                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+                if cut >= 0:
+                    return Generation(text[:cut], produced, cancelled=False)
+                ids = torch.tensor([[token]], device=self.device)
+        return Generation(text, produced, cancelled=False)
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [int(value)]

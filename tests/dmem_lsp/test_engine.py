@@ -1,0 +1,88 @@
+"""The engine: loading through from_pretrained, greedy generation, cancellation, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memory
+from dmem_lsp.engine import Engine, EngineError, EngineOptions
+from tests.memory.helpers import strengthen, token_ids
+
+
+@pytest.fixture(scope="module")
+def engine(model_dirs):
+    engine = Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=None, device="cpu"))
+    strengthen(engine.memory)
+    with torch.no_grad(), engine.memory.writing(store="conventions"):
+        engine.model(input_ids=token_ids(1, 30, seed=3))
+    return engine
+
+
+def test_greedy_generation_equals_transformers_generate(engine):
+    prompt = engine.tokenizer.encode("def add(a, b):\n", add_special_tokens=False)
+    result = engine.generate(prompt, max_new_tokens=10)
+    eos = engine.tokenizer.eos_token_id
+    with torch.no_grad():
+        reference = engine.model.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=eos
+        )[0, len(prompt) :].tolist()
+    if eos in reference:
+        reference = reference[: reference.index(eos)]
+    assert result.token_ids == reference and reference
+    assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    assert not result.cancelled
+
+
+def test_generation_reads_memory_and_changes_no_store(engine):
+    prompt = engine.tokenizer.encode("import os\n", add_special_tokens=False)
+    before = engine.memory.states()
+    with_memory = engine.generate(prompt, max_new_tokens=8)
+    assert all(torch.equal(before[n], s) for n, s in engine.memory.states().items())
+    engine.memory.reset()
+    without = engine.generate(prompt, max_new_tokens=8)
+    engine.memory.load_states(before)
+    assert with_memory.token_ids != without.token_ids
+
+
+def test_stop_flag_ends_generation_within_one_step(engine):
+    checks = []
+
+    def should_stop():
+        checks.append(1)
+        return len(checks) > 3
+
+    result = engine.generate(engine.tokenizer.encode("x", add_special_tokens=False), max_new_tokens=50, should_stop=should_stop)
+    assert result.cancelled and len(result.token_ids) == 3
+
+
+def test_stop_strings_cut_the_text(engine):
+    prompt = engine.tokenizer.encode("for i in", add_special_tokens=False)
+    full = engine.generate(prompt, max_new_tokens=12)
+    assert len(full.text) > 3
+    stop = full.text[2:4]
+    cut = engine.generate(prompt, max_new_tokens=12, stop=[stop])
+    assert cut.text == full.text[: full.text.find(stop)]
+
+
+def test_nf4_on_the_cpu_with_an_adapter_directory(model_dirs, engine, tmp_path):
+    path = memory.save_adapter(engine.memory, tmp_path / "adapter")
+    nf4 = Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=str(path), device="cpu", quantization="nf4"))
+    assert type(nf4.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    for name, tensor in engine.memory.adapter_state_dict().items():
+        assert torch.equal(nf4.memory.adapter_state_dict()[name], tensor)
+    assert nf4.generate(nf4.tokenizer.encode("a", add_special_tokens=False), max_new_tokens=3).token_ids
+
+
+def test_errors_say_what_to_do(model_dirs, engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EngineError, match=r"cannot find the model 'nobody/no-model'.*--model PATH"):
+        Engine.load(EngineOptions(model="nobody/no-model", adapter=None, device="cpu"))
+    path = memory.save_adapter(engine.memory, tmp_path / "qwen3-adapter", base_model_id="tiny/qwen3")
+    with pytest.raises(EngineError, match=r"built for tiny/qwen3.*--adapter"):
+        Engine.load(EngineOptions(model=str(model_dirs["smollm3"]), adapter=str(path), device="cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="--device cpu"):
+            Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=None, device="cuda"))
+    with pytest.raises(ValueError, match="quantization"):
+        EngineOptions(quantization="int3")
