@@ -103,19 +103,17 @@ class DeltaMemLayer(nn.Module):
         return F.normalize(torch.tanh(self._heads(q)), dim=-1, eps=1e-6)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Everything a write pass needs, from one matmul.
+        """Everything a write pass needs.
 
         x [B, T, H] -> q, k, v, β, log λ, each [B, T, h, r] (float32), with
         q, k = normalize(tanh(·)) per head, v as is, β = sigmoid(x Wβ + bβ) and
         log λ = log(1 - β) = logsigmoid(-(x Wβ + bβ)) computed without cancellation.
         """
-        weight = torch.cat([self.memory_q_proj, self.memory_k_proj, self.memory_v_proj, self.beta_proj])
-        bias = F.pad(self.beta_bias, (3 * self.beta_bias.shape[0], 0))
-        q, k, v, z = F.linear(x.float(), weight, bias).chunk(4, dim=-1)  # each [B, T, h·r]
-        q = F.normalize(torch.tanh(self._heads(q)), dim=-1, eps=1e-6)
-        k = F.normalize(torch.tanh(self._heads(k)), dim=-1, eps=1e-6)
-        z = self._heads(z)
-        return q, k, self._heads(v), torch.sigmoid(z), F.logsigmoid(-z)
+        x = x.float()
+        k = F.normalize(torch.tanh(self._heads(F.linear(x, self.memory_k_proj))), dim=-1, eps=1e-6)
+        v = self._heads(F.linear(x, self.memory_v_proj))
+        z = self._heads(F.linear(x, self.beta_proj, self.beta_bias))
+        return self.project_read(x), k, v, torch.sigmoid(z), F.logsigmoid(-z)
 
     def corrections(self, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reads o [B, T, h, r] -> (s·o W_dqᵀ [B, T, q_out], s·o W_doᵀ [B, T, o_out])."""
