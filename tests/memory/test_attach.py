@@ -300,3 +300,20 @@ def test_errors_are_clear(model_dirs):
         memory.DeltaMemConfig(rank=0)
     with pytest.raises(ValueError, match="DeltaMemConfig.write"):
         memory.DeltaMemConfig(write="sentence")
+
+
+def test_eager_and_sdpa_attention_read_the_same_memory(model_dirs):
+    """The model's own attention code runs unchanged, whichever implementation it uses."""
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_dirs["qwen2"], attn_implementation=implementation
+        ).eval()
+        mem = memory.attach(model, memory.DeltaMemConfig())
+        strengthen(mem)
+        with torch.no_grad():
+            with mem.writing(store="edits"):
+                model(input_ids=token_ids(1, 20, seed=1))
+            logits[implementation] = model(input_ids=token_ids(1, 12, seed=2)).logits
+        assert model.config._attn_implementation == implementation
+    assert torch.allclose(logits["eager"], logits["sdpa"], atol=1e-4)
