@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+import safetensors.torch
 
 from .config import DeltaMemConfig
 from .model import Memory, attach
@@ -56,14 +56,6 @@ class AdapterError(ValueError):
     """An adapter that cannot be used: missing, tampered, or made for another model."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _base_shapes(memory: Memory) -> dict[str, Any]:
     first = memory.layers[0]
     return {
@@ -74,13 +66,13 @@ def _base_shapes(memory: Memory) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same directory, fsync, then rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -100,8 +92,8 @@ def save_adapter(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.cpu().contiguous() for name, t in memory.adapter_state_dict().items()}
-    weights = path / WEIGHTS_NAME
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "dmem-lsp-adapter"}))
+    weights = safetensors.torch.save(tensors, metadata={"format": "dmem-lsp-adapter"})
+    _atomic_write(path / WEIGHTS_NAME, weights)
     model_config = getattr(memory.model, "config", None)
     config = {
         "format_version": FORMAT_VERSION,
@@ -113,11 +105,11 @@ def save_adapter(
             **_base_shapes(memory),
         },
         "parameters": memory.num_trainable_parameters(),
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         **(extra or {}),
     }
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    _atomic_write(path / CONFIG_NAME, text.encode())
     return path
 
 
@@ -161,8 +153,9 @@ def _read_ours(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dic
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise AdapterError(f"{weights} is missing")
+    data = weights.read_bytes()  # read once: hashed, then parsed
     expected = meta.get("weights_sha256")
-    actual = sha256_file(weights)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise AdapterError(
             f"{weights} does not match its config (sha256 {actual[:12]}…, config says {str(expected)[:12]}…): "
@@ -170,7 +163,7 @@ def _read_ours(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dic
         )
     try:
         config = DeltaMemConfig.from_dict(meta["delta_mem"])
-        tensors = load_file(weights)
+        tensors = safetensors.torch.load(data)
     except (KeyError, TypeError, ValueError) as error:
         raise AdapterError(f"{path}: {error}") from error
     return config, tensors, meta
