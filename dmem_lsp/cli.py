@@ -1,16 +1,19 @@
-"""The ``dmem-lsp`` command line.
+"""The ``dmem-lsp`` command line: serve over stdio (or TCP), or run ``doctor``.
 
-This release carries the δ-mem library (``memory/``); the language server it will start
-over stdio is not in it yet, so the command answers ``--version`` and ``--help`` and says
-so when asked to serve. Nothing here imports torch: start-up must stay fast.
+Nothing imported here loads torch: the server must answer ``initialize`` at once and
+load the model in the background. Logs go to stderr (stdout carries the protocol) and,
+with ``--log-file``, to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import Any
 
 from . import __version__
+from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 DESCRIPTION = (
     "A local coding assistant served as a language server (VS Code, Neovim), "
@@ -19,16 +22,58 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmem-lsp", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="dmem-lsp",
+        description=DESCRIPTION,
+        epilog="Flags given here win over the editor's settings (initializationOptions).",
+    )
     parser.add_argument("--version", action="version", version=f"dmem-lsp {__version__}")
+    parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio (for debugging)")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP host (default %(default)s)")
+    parser.add_argument("--port", type=int, default=2087, help="TCP port (default %(default)s)")
+    parser.add_argument("--model", metavar="ID_OR_DIR", help=f"Hugging Face id or local directory (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--adapter", metavar="ID_OR_DIR|none", help=f"δ-mem adapter, or none for an untrained one (default {DEFAULT_ADAPTER})"
+    )
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where the model runs (default auto)")
+    parser.add_argument(
+        "--quantization", choices=("nf4", "none"), help="default: NF4 with bf16 compute on CUDA, full precision on the CPU"
+    )
+    parser.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: every message)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("doctor", help="print versions, CUDA and bitsandbytes status, and where things are kept")
     return parser
 
 
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line fixes (only the flags that were given)."""
+    flags = {"model": args.model, "adapter": args.adapter, "device": args.device, "quantization": args.quantization}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def configure_logging(verbose: int, log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:  # pygls logs every message it sends at INFO
+        logging.getLogger("pygls").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(
-        f"dmem-lsp {__version__}: the language server is not part of this release yet; "
-        "it provides the δ-mem library (import memory). See --help.",
-        file=sys.stderr,
-    )
-    return 2
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.log_file)
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(overrides_from(args))
+    from .features import create_server
+
+    server = create_server(overrides_from(args))
+    if args.tcp:
+        server.start_tcp(args.host, args.port)
+    else:
+        server.start_io()
+    return 0

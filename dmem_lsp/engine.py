@@ -19,12 +19,11 @@ import torch
 
 import memory
 
+from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
+
 __all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
-DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
 
 
 class EngineError(RuntimeError):
@@ -57,10 +56,20 @@ class Generation:
     """True when the stop flag ended generation early."""
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else that names a file system path."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name or bool(Path(name).drive)
+
+
 def _resolve_local(name: str, what: str, flag: str) -> str:
     """A directory as is; a hub id through the local cache (downloads allowed unless offline)."""
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if _looks_like_path(name):
+        raise EngineError(
+            f"the {what} directory {name} does not exist: pass an existing directory or a Hugging Face id with {flag}"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -84,7 +93,9 @@ class Engine:
         self.device = device
 
     @classmethod
-    def load(cls, options: EngineOptions) -> "Engine":
+    def load(cls, options: EngineOptions, progress: Callable[[str], None] = lambda message: None) -> "Engine":
+        """Load the model and its adapter; ``progress`` hears each stage as it starts."""
+        progress("importing transformers")
         import transformers
 
         cuda = torch.cuda.is_available()
@@ -92,6 +103,9 @@ class Engine:
             raise EngineError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         device = torch.device("cuda" if options.device in ("auto", "cuda") and cuda else "cpu")
         quantization = options.quantization or ("nf4" if device.type == "cuda" else "none")
+        if quantization == "nf4":
+            _check_bitsandbytes(device)
+        progress(f"finding {options.model}")
         model_dir = _resolve_local(options.model, "model", "--model")
         kwargs: dict = {"dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
         if quantization == "nf4":
@@ -100,7 +114,9 @@ class Engine:
             )
             kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
         try:
+            progress("loading the tokenizer")
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+            progress(f"loading the model on {device.type} ({'NF4' if quantization == 'nf4' else 'full precision'})")
             model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         except torch.cuda.OutOfMemoryError as error:
             raise EngineError(
@@ -111,12 +127,18 @@ class Engine:
         if "device_map" not in kwargs:
             model.to(device)
         model.eval()
+        progress("attaching δ-mem")
         try:
             if options.adapter is None:
                 mem = memory.attach(model, memory.DeltaMemConfig())
             else:
                 mem = memory.load_adapter(model, _resolve_local(options.adapter, "adapter", "--adapter"))
-        except (memory.AttachError, memory.AdapterError) as error:
+        except memory.AttachError as error:
+            raise EngineError(
+                f"δ-mem cannot attach to {options.model}: {error}. Use a model of a supported architecture "
+                f"({', '.join(sorted(memory.TESTED_MODEL_TYPES))}) with --model"
+            ) from error
+        except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
         return cls(model, tokenizer, mem, device)
@@ -128,6 +150,7 @@ class Engine:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         should_stop: Callable[[], bool] = lambda: False,
+        on_token: Callable[[int], None] = lambda count: None,
     ) -> Generation:
         """Greedy decoding over the KV cache; ``should_stop`` is checked before every step.
 
@@ -149,12 +172,30 @@ class Engine:
                 if token in eos:
                     break
                 produced.append(token)
+                on_token(len(produced))
                 text = self.tokenizer.decode(produced, skip_special_tokens=True)
                 cut = min((text.find(s) for s in stop if s and s in text), default=-1)
                 if cut >= 0:
                     return Generation(text[:cut], produced, cancelled=False)
                 ids = torch.tensor([[token]], device=self.device)
         return Generation(text, produced, cancelled=False)
+
+
+def _check_bitsandbytes(device: torch.device) -> None:
+    """NF4 needs bitsandbytes, and on CUDA a build of it with CUDA kernels."""
+    try:
+        import bitsandbytes
+    except Exception as error:  # not installed, or its native library fails to load
+        raise EngineError(
+            f"NF4 needs bitsandbytes, which cannot be imported ({error}): pip install bitsandbytes, "
+            "or use --quantization none"
+        ) from error
+    if device.type == "cuda":
+        if getattr(bitsandbytes.cextension, "BNB_BACKEND", "CUDA") not in ("CUDA", "ROCm"):
+            raise EngineError(
+                "this bitsandbytes has no CUDA support, so NF4 cannot run on the GPU: install a CUDA build "
+                "of bitsandbytes, or use --quantization none (more GPU memory) or --device cpu"
+            )
 
 
 def _as_list(value) -> list[int]:

@@ -1,0 +1,72 @@
+"""What a completion and an explanation are, in terms of text and the engine.
+
+Plain functions that run on the inference worker: they take document text and settings,
+build the prompt, run the engine and shape its output. They know nothing of LSP, so the
+server's handlers stay thin and these can be tested and benchmarked without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
+from .settings import CompletionSettings, ExplainSettings
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["Answer", "complete", "explain", "NO_EXPLANATION"]
+
+NO_EXPLANATION = "_The model gave no explanation._"
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int
+    """Tokens generated."""
+    cancelled: bool
+
+
+def complete(
+    engine: "Engine",
+    prefix: str,
+    suffix: str,
+    settings: CompletionSettings,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_token: Callable[[int], None] = lambda count: None,
+) -> Answer:
+    """The text to insert between ``prefix`` and ``suffix`` (greedy).
+
+    Single-line when the cursor has code after it on its line or sits mid-statement;
+    then generation ends at the newline and only the rest of the line is compared for
+    overlap. Multi-line otherwise, ending at ``settings.stop`` or ``max_tokens``.
+    """
+    line_before = prefix.rsplit("\n", 1)[-1]
+    line_after = suffix.split("\n", 1)[0]
+    multiline = is_multiline(line_before, line_after)
+    prompt = completion_prompt(engine.tokenizer, prefix, suffix, settings.prefix_tokens, settings.suffix_tokens)
+    stop = list(settings.stop) if multiline else ["\n"]
+    generation = engine.generate(
+        prompt.input_ids, max_new_tokens=settings.max_tokens, stop=stop, should_stop=should_stop, on_token=on_token
+    )
+    text = trim_suffix_overlap(generation.text, suffix if multiline else line_after)
+    return Answer(text, len(generation.token_ids), generation.cancelled)
+
+
+def explain(
+    engine: "Engine",
+    code: str,
+    context: str,
+    language: str,
+    settings: ExplainSettings,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_token: Callable[[int], None] = lambda count: None,
+) -> Answer:
+    """A markdown explanation of ``code``, which appears in ``context``."""
+    prompt = explain_prompt(engine.tokenizer, code, context, language, settings.code_tokens)
+    generation = engine.generate(
+        prompt.input_ids, max_new_tokens=settings.max_tokens, should_stop=should_stop, on_token=on_token
+    )
+    return Answer(generation.text.strip() or NO_EXPLANATION, len(generation.token_ids), generation.cancelled)

@@ -1,0 +1,287 @@
+"""The language server object: settings, the engine's life cycle and running jobs.
+
+``DmemServer`` owns all server state. It answers ``initialize`` without importing torch,
+loads the model on the inference worker once the client is ``initialized`` (under
+work-done progress, with ``dmem/status`` notifications), and runs every request as a job
+on that worker from an async handler, so ``$/cancelRequest`` (or a newer completion for the
+same document) reaches the job's stop flag while it runs. The LSP handlers themselves are
+in ``features.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, Callable
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .assist import Answer
+from .protocol import DmemProtocol, QuietExpectedErrors
+from .settings import ENGINE_KEYS, Settings, merge, parse_settings
+from .worker import Priority, Worker
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["DmemServer", "RequestFailed", "STATUS"]
+
+log = logging.getLogger(__name__)
+
+STATUS = "dmem/status"
+"""Notification: ``{state: loading|ready|error, message, model, device, quantization}``."""
+
+QUIET = QuietExpectedErrors()
+
+REPORT_EVERY = 8
+"""Tokens between two progress reports of a request that carries a workDoneToken."""
+
+
+class RequestFailed(JsonRpcException):
+    """LSP's RequestFailed: the request was valid but could not be served."""
+
+    CODE = int(types.LSPErrorCodes.RequestFailed)
+
+
+class DmemServer(LanguageServer):
+    def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+        super().__init__(
+            name="dmem-lsp",
+            version=__version__,
+            protocol_cls=DmemProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
+        for name in ("pygls.protocol.json_rpc", "pygls.server"):
+            logging.getLogger(name).addFilter(QUIET)
+        self.overrides: dict[str, Any] = dict(overrides or {})
+        """Settings from the command line: they win over the editor's."""
+        self.client_settings: Any = None
+        self.settings, _ = parse_settings(self.overrides)
+        self.worker = Worker()
+        self.engine: Engine | None = None
+        self.loaded_with: Settings | None = None
+        self.state = "starting"
+        self.state_message = ""
+        self._engine_ready: asyncio.Future[Engine] | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._latest: dict[str, asyncio.Task[Any]] = {}
+
+    # -- settings -----------------------------------------------------------------------
+
+    def apply_settings(self, raw: Any) -> None:
+        """Adopt the editor's settings (command-line flags still win); say what was ignored."""
+        if raw is not None:
+            self.client_settings = raw
+        settings, warnings = parse_settings(merge(self.client_settings, self.overrides))
+        for warning in warnings:
+            self.show(types.MessageType.Warning, f"dmem-lsp setting {warning}")
+        if self.loaded_with is not None:
+            changed = [key for key in ENGINE_KEYS if getattr(settings, key) != getattr(self.loaded_with, key)]
+            if changed:
+                self.show(
+                    types.MessageType.Info,
+                    f"dmem-lsp: restart the server to apply {', '.join(changed)} (the model is already loaded)",
+                )
+        self.settings = settings
+
+    async def pull_settings(self) -> None:
+        """Ask the client for the ``dmem`` section when it supports workspace/configuration."""
+        workspace = self.client_capabilities.workspace
+        if not (workspace and workspace.configuration):
+            return
+        try:
+            items = types.ConfigurationParams(items=[types.ConfigurationItem(section="dmem")])
+            values = await asyncio.wait_for(self.workspace_configuration_async(items), timeout=5)
+        except Exception as error:  # a client that does not answer is no reason to stop
+            log.warning("workspace/configuration failed: %s", error)
+            return
+        if values and isinstance(values[0], dict):
+            self.apply_settings(values[0])
+
+    # -- talking to the user ------------------------------------------------------------
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        log.log(logging.WARNING if kind <= types.MessageType.Warning else logging.INFO, "%s", message)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def set_status(self, state: str, message: str = "") -> None:
+        self.state, self.state_message = state, message
+        self.protocol.notify(
+            STATUS,
+            {
+                "state": state,
+                "message": message,
+                "model": self.settings.model,
+                "adapter": self.settings.adapter,
+                "device": str(self.engine.device) if self.engine else self.settings.device,
+                "quantization": self.settings.quantization,
+            },
+        )
+
+    # -- the engine ---------------------------------------------------------------------
+
+    def engine_ready(self) -> asyncio.Future[Engine]:
+        if self._engine_ready is None:
+            self._engine_ready = asyncio.get_running_loop().create_future()
+        return self._engine_ready
+
+    def start_loading(self) -> None:
+        if self._load_task is None:
+            self._load_task = asyncio.ensure_future(self._load())
+
+    async def _load(self) -> None:
+        await self.pull_settings()
+        settings = self.settings
+        ready = self.engine_ready()
+        token: str | None = None
+        window = self.client_capabilities.window
+        if window and window.work_done_progress:
+            token = f"dmem-load-{uuid.uuid4()}"
+            try:
+                await self.work_done_progress.create_async(token)
+                self.work_done_progress.begin(
+                    token, types.WorkDoneProgressBegin(title="dmem: loading the model", message=settings.model)
+                )
+            except Exception as error:
+                log.warning("the client refused a progress token: %s", error)
+                token = None
+        self.set_status("loading", f"loading {settings.model}")
+        loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:
+            log.info("loading: %s", message)
+            if token is not None:
+                loop.call_soon_threadsafe(
+                    self.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
+                )
+
+        def load(should_stop: Callable[[], bool]) -> Engine:
+            from .engine import Engine  # imports torch: only ever on the worker
+
+            return Engine.load(settings.engine_options(), progress=report)
+
+        job = self.worker.submit(load, priority=Priority.LOAD, name="load")
+        try:
+            engine = await asyncio.wrap_future(job.future)
+        except Exception as error:
+            message = _load_failure(error)
+            log.error("loading failed: %s", message, exc_info=not _is_engine_error(error))
+            ready.set_exception(RequestFailed(f"the model did not load: {message}"))
+            ready.exception()  # retrieved: requests see it through shield()
+            if token is not None:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"failed: {message}"))
+            self.set_status("error", message)
+            self.show(types.MessageType.Error, f"dmem-lsp could not load the model: {message}")
+            return
+        self.engine, self.loaded_with = engine, settings
+        ready.set_result(engine)
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+        self.set_status("ready", f"{settings.model} on {engine.device}")
+
+    async def wait_for_engine(self) -> Engine:
+        """The engine, once loaded; a RequestFailed with the load error if it did not load."""
+        return await asyncio.shield(self.engine_ready())
+
+    # -- running requests ---------------------------------------------------------------
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[Engine, Callable[[], bool], Callable[[int], None]], Answer],
+        *,
+        token: types.ProgressToken | None = None,
+        supersede: str | None = None,
+        debounce_ms: int = 0,
+    ) -> Answer:
+        """Run ``fn(engine, should_stop, on_token)`` on the worker and await its answer.
+
+        Cancelling the awaiting task (``$/cancelRequest``, shutdown, or a newer request
+        with the same ``supersede`` key) stops the job within one decoding step.
+        """
+        task = asyncio.current_task()
+        if supersede is not None and task is not None:
+            previous = self._latest.get(supersede)
+            if previous is not None and not previous.done():
+                previous.cancel()
+            self._latest[supersede] = task
+        try:
+            engine = await self.wait_for_engine()
+            if debounce_ms:
+                await asyncio.sleep(debounce_ms / 1000)
+            on_token = self._progress(name, token)
+            job = self.worker.submit(lambda stop: fn(engine, stop, on_token), priority=Priority.REQUEST, name=name)
+            try:
+                answer = await asyncio.wrap_future(job.future)
+            except asyncio.CancelledError:
+                job.cancel()
+                if token is not None:
+                    self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="cancelled"))
+                raise
+            except Exception as error:
+                raise _request_failure(name, error) from error
+            if token is not None:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{answer.tokens} tokens"))
+            return answer
+        finally:
+            if supersede is not None and self._latest.get(supersede) is task:
+                del self._latest[supersede]
+
+    def _progress(self, name: str, token: types.ProgressToken | None) -> Callable[[int], None]:
+        """Begin the client's progress for a request; the callback reports tokens from the worker."""
+        if token is None:
+            return lambda count: None
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"dmem: {name}", cancellable=True))
+        loop = asyncio.get_running_loop()
+
+        def on_token(count: int) -> None:
+            if count % REPORT_EVERY == 1 or REPORT_EVERY == 1:
+                value = types.WorkDoneProgressReport(message=f"{count} tokens")
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+
+        return on_token
+
+    def document_text(self, uri: str) -> tuple[Any, str]:
+        """The document (open in the editor, or read from disk) and its text."""
+        document = self.workspace.get_text_document(uri)
+        try:
+            return document, document.source
+        except (OSError, UnicodeDecodeError) as error:
+            raise JsonRpcInvalidParams(f"{uri} is not open in the editor and cannot be read: {error}") from error
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        if isinstance(error, json.JSONDecodeError):  # a body that is not JSON: answer it
+            self.protocol.answer_parse_error(error)
+            return
+        super().report_server_error(error, source)
+
+    def close(self) -> None:
+        for task in list(self._latest.values()):
+            task.cancel()
+        self.worker.close()
+
+
+def _is_engine_error(error: BaseException) -> bool:
+    return type(error).__name__ == "EngineError"
+
+
+def _load_failure(error: BaseException) -> str:
+    if _is_engine_error(error):
+        return str(error)
+    return f"unexpected {type(error).__name__}: {error}. Run `dmem-lsp doctor` and include its output in a bug report"
+
+
+def _request_failure(name: str, error: BaseException) -> JsonRpcException:
+    if isinstance(error, JsonRpcException):
+        return error
+    if type(error).__name__ == "OutOfMemoryError":
+        return RequestFailed(
+            f"{name}: CUDA ran out of memory; lower completion.prefixTokens, use --quantization nf4 or a smaller --model"
+        )
+    log.exception("%s failed", name, exc_info=error)
+    return RequestFailed(f"{name} failed: {type(error).__name__}: {error}")

@@ -1,0 +1,150 @@
+"""Settings: one frozen, fully defaulted tree, parsed from what editors send.
+
+Editors send settings as JSON in ``initializationOptions`` and
+``workspace/didChangeConfiguration`` (camelCase keys, optionally under a ``dmem``
+section). ``parse_settings`` turns that into ``Settings``; a value of the wrong type or
+out of range falls back to its default and comes back as a warning the server shows
+to the user. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "parse_settings", "merge", "ENGINE_KEYS"]
+
+DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
+ENGINE_KEYS = ("model", "adapter", "device", "quantization")
+"""The settings read once, when the model loads: changing them needs a restart."""
+
+
+def _setting(default: Any, *, minimum: int | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"minimum": minimum, "choices": choices})
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    enabled: bool = _setting(True)
+    """Answer inline completion and completion requests at all."""
+    max_tokens: int = _setting(64, minimum=1)
+    """The most tokens one completion generates."""
+    prefix_tokens: int = _setting(1536, minimum=0)
+    """How many tokens of the text before the cursor the prompt keeps."""
+    suffix_tokens: int = _setting(512, minimum=0)
+    """How many tokens of the text after the cursor the prompt keeps."""
+    stop: tuple[str, ...] = _setting(("\n\n\n",))
+    """Strings that end a multi-line completion (a single-line one also ends at a newline)."""
+    debounce_ms: int = _setting(150, minimum=0)
+    """How long an automatically triggered completion waits for the user to type on."""
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    max_tokens: int = _setting(384, minimum=1)
+    """The most tokens one explanation generates."""
+    code_tokens: int = _setting(1024, minimum=16)
+    """How many tokens of the selected code the prompt keeps (its surroundings get half)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = _setting(DEFAULT_MODEL)
+    """A Hugging Face model id or a local directory (read at start-up)."""
+    adapter: str = _setting(DEFAULT_ADAPTER)
+    """A δ-mem adapter (hub id or directory), or "none" for a fresh, untrained one."""
+    device: str = _setting("auto", choices=("auto", "cuda", "cpu"))
+    """Where the model runs: auto picks CUDA when torch sees a GPU."""
+    quantization: str = _setting("auto", choices=("auto", "nf4", "none"))
+    """auto: NF4 (4-bit) on CUDA, full precision on the CPU."""
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
+
+    def engine_options(self):
+        """The ``EngineOptions`` these settings ask for (imports the engine: torch)."""
+        from .engine import EngineOptions
+
+        return EngineOptions(
+            model=self.model,
+            adapter=None if self.adapter.lower() == "none" else self.adapter,
+            device=self.device,
+            quantization=None if self.quantization == "auto" else self.quantization,
+        )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _check(value: Any, kind: Any, meta: dict[str, Any]) -> tuple[bool, Any, str]:
+    """(valid, value, what was expected)."""
+    if kind is bool:
+        return isinstance(value, bool), value, "true or false"
+    if kind is int:
+        minimum = meta.get("minimum")
+        expected = "an integer" + (f" ≥ {minimum}" if minimum is not None else "")
+        ok = isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+        return ok, value, expected
+    if kind is str:
+        choices = meta.get("choices")
+        expected = ("one of " + ", ".join(choices)) if choices else "a non-empty string"
+        ok = isinstance(value, str) and bool(value) and (choices is None or value in choices)
+        return ok, value, expected
+    # tuple[str, ...]
+    ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return ok, tuple(value) if ok else value, "a list of strings"
+
+
+def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> Any:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    known = {_camel(f.name) for f in dataclasses.fields(cls)} | {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            warnings.append(f"{path}{key}: unknown setting, ignored")
+    for f in dataclasses.fields(cls):
+        key = _camel(f.name)
+        value = raw.get(key, raw.get(f.name))
+        if value is None:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            if isinstance(value, dict):
+                values[f.name] = _parse(kind, value, f"{path}{key}.", warnings)
+            else:
+                warnings.append(f"{path}{key}: expected an object, got {value!r}; using the defaults")
+            continue
+        ok, value, expected = _check(value, kind, f.metadata)
+        if ok:
+            values[f.name] = value
+        else:
+            warnings.append(f"{path}{key}: expected {expected}, got {value!r}; using {f.default!r}")
+    return cls(**values)
+
+
+def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
+    """Settings from an editor's JSON, and a warning for every value that was ignored."""
+    warnings: list[str] = []
+    if isinstance(raw, dict) and isinstance(raw.get("dmem"), dict):
+        raw = raw["dmem"]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return Settings(), [f"dmem: expected an object of settings, got {raw!r}; using the defaults"]
+    return _parse(Settings, raw, "dmem.", warnings), warnings
+
+
+def merge(base: Any, override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base`` (nested objects merged key by key)."""
+    if isinstance(base, dict) and isinstance(base.get("dmem"), dict):
+        base = base["dmem"]
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
