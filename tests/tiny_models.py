@@ -101,3 +101,16 @@ def load_tiny_model(directory: Path, nf4: bool = False, dtype: torch.dtype = tor
         )
         kwargs["device_map"] = "cpu"
     return transformers.AutoModelForCausalLM.from_pretrained(directory, **kwargs).eval()
+
+
+def save_talkative_model(directory: Path, seed: int = 0) -> Path:
+    """A tiny qwen3 that never predicts end-of-sequence (its lm_head row is zero while the
+    other logits spread around it), so generation runs to its token limit: long enough to
+    cancel, and never empty."""
+    save_tiny_model("qwen3", directory, seed=seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight[model.config.eos_token_id].zero_()
+        model.lm_head.weight[model.config.pad_token_id].zero_()
+    model.save_pretrained(directory)
+    return directory

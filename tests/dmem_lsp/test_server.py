@@ -1,0 +1,232 @@
+"""A whole session with the real server: loading, completions, explain, cancellation, settings.
+
+One server (a subprocess, through pytest-lsp) serves the module: a tiny qwen3 that never
+ends by itself, with a δ-mem adapter from a directory. The expected texts come from the
+engine loaded in this process with the same model and adapter, greedy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
+
+from dmem_lsp.engine import Engine, EngineOptions
+from dmem_lsp.prompts import completion_prompt, explain_prompt, trim_suffix_overlap
+from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_status
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+OPTIONS = {"completion": {"maxTokens": 12, "debounceMs": 0}, "explain": {"maxTokens": 16}}
+SOURCE = "import os\n\ndef add(a, b):\n    return a + b\n\nclass Settings:\n    path = os.getcwd()\n"
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def engine(talkative_model, talkative_adapter):
+    return Engine.load(EngineOptions(model=str(talkative_model), adapter=str(talkative_adapter), device="cpu"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def session(talkative_model, talkative_adapter, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("workspace")
+    path = workspace / "settings.py"
+    path.write_text(SOURCE)
+    args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
+    client, result = await start(args, server_env(tmp_path_factory.mktemp("data")), OPTIONS)
+    statuses_at_initialize = list(client.statuses)
+    uri = path.as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)
+        )
+    )
+    yield client, result, statuses_at_initialize, uri
+    await stop(client)
+
+
+def at(line: int, character: int) -> types.Position:
+    return types.Position(line=line, character=character)
+
+
+def expected_completion(engine, prefix, suffix, multiline, max_tokens=12):
+    prompt = completion_prompt(engine.tokenizer, prefix, suffix, 1536, 512)
+    stop = ["\n\n\n"] if multiline else ["\n"]
+    text = engine.generate(prompt.input_ids, max_new_tokens=max_tokens, stop=stop).text
+    return trim_suffix_overlap(text, suffix if multiline else suffix.split("\n", 1)[0])
+
+
+def inline_params(uri, position, token=None, automatic=False):
+    kind = types.InlineCompletionTriggerKind.Automatic if automatic else types.InlineCompletionTriggerKind.Invoked
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=position,
+        context=types.InlineCompletionContext(trigger_kind=kind),
+        work_done_token=token,
+    )
+
+
+async def test_initialize_comes_first_then_progress_then_ready(session):
+    client, result, statuses_at_initialize, _ = session
+    assert result.capabilities.inline_completion_provider is not None
+    assert not any(s["state"] == "ready" for s in statuses_at_initialize)
+    status = await wait_for_status(client, "ready", "error")
+    assert status["state"] == "ready", status["message"]
+    states = [s["state"] for s in client.statuses]
+    assert states.index("loading") < states.index("ready")
+    (token, reports), = [(t, r) for t, r in client.progress_reports.items() if str(t).startswith("dmem-load-")]
+    kinds = [report.kind for report in reports]
+    assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
+    assert reports[-1].message == "ready"
+
+
+@pytest.mark.parametrize(
+    "line, character, multiline",
+    [(3, 11, False), (2, 15, True), (6, 9, False)],
+    ids=["mid-line", "after-a-colon", "before-code-on-the-line"],
+)
+async def test_inline_completion_is_the_engines_greedy_text(session, engine, line, character, multiline):
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    lines = SOURCE.splitlines(keepends=True)
+    offset = sum(len(text) for text in lines[:line]) + character
+    expected = expected_completion(engine, SOURCE[:offset], SOURCE[offset:], multiline)
+    assert expected  # the talkative model always says something
+    assert multiline or "\n" not in expected
+
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(line, character))), TIMEOUT)
+    (item,) = result.items
+    assert item.insert_text == expected
+    assert item.range == types.Range(start=at(line, character), end=at(line, character))
+
+    listed = await asyncio.wait_for(
+        client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=at(line, character))
+        ),
+        TIMEOUT,
+    )
+    (entry,) = listed.items
+    assert entry.text_edit.new_text == expected and listed.is_incomplete
+
+
+async def test_explain_returns_the_models_markdown(session, engine):
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    selection = types.Range(start=at(2, 0), end=at(4, 0))
+    code = "def add(a, b):\n    return a + b\n"
+    context = SOURCE
+    prompt = explain_prompt(engine.tokenizer, code, context, "python", 1024)
+    expected = engine.generate(prompt.input_ids, max_new_tokens=16).text.strip()
+    assert expected
+
+    result = await asyncio.wait_for(
+        client.protocol.send_request_async(
+            "dmem/explain", {"textDocument": {"uri": uri}, "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}}}
+        ),
+        TIMEOUT,
+    )
+    assert plain(result) == {"markdown": expected}
+
+    # lsprotocol's client converter reads any {command: ...} in a code action list as a
+    # Command (stringifying the nested one), so take this result as plain JSON
+    params = types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=selection, context=types.CodeActionContext(diagnostics=[])
+    )
+    future = client.protocol.send_request("textDocument/codeAction", params, msg_id="code-action")
+    client.protocol._result_types["code-action"] = None
+    (action,) = plain(await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT))
+    assert action["command"]["command"] == "dmem.explain" and action["title"] == "Explain with dmem"
+    via_command = await asyncio.wait_for(
+        client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="dmem.explain", arguments=action["command"]["arguments"])
+        ),
+        TIMEOUT,
+    )
+    assert plain(via_command) == {"markdown": expected}
+
+
+async def _start_long_completion(client, uri, msg_id):
+    """Send a completion that runs to its (huge) token limit; return once it is generating."""
+    token = f"long-{msg_id}"
+    client.progress_reports[token] = []
+    future = client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(2, 15), token), msg_id=msg_id)
+
+    async def generating():
+        while not any(value.kind == "report" for value in client.progress_reports[token]):
+            await client.wait_for_notification("$/progress")
+
+    await asyncio.wait_for(generating(), TIMEOUT)
+    return asyncio.wrap_future(future), token
+
+
+async def test_a_long_generation_is_cancelled_and_the_next_request_is_answered(session, engine):
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    long = {**OPTIONS, "completion": {"maxTokens": 100_000, "debounceMs": 0, "stop": []}}
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=long))
+
+    # $/cancelRequest
+    first_id = f"cancel-{next(_ids)}"
+    first, first_token = await _start_long_completion(client, uri, first_id)
+    client.protocol.notify("$/cancelRequest", types.CancelParams(id=first_id))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(first, TIMEOUT)
+
+    # a newer completion for the same document supersedes the running one
+    second, _ = await _start_long_completion(client, uri, f"old-{next(_ids)}")
+    newer_id = f"new-{next(_ids)}"
+    newer, _ = await _start_long_completion(client, uri, newer_id)
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(second, TIMEOUT)
+    client.protocol.notify("$/cancelRequest", types.CancelParams(id=newer_id))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(newer, TIMEOUT)
+
+    # generation really stopped: a following request is answered (not queued behind 100k tokens)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    lines = SOURCE.splitlines(keepends=True)
+    offset = sum(len(text) for text in lines[:3]) + 11
+    assert result.items[0].insert_text == expected_completion(engine, SOURCE[:offset], SOURCE[offset:], False)
+    ends = [r for r in client.progress_reports[first_token] if getattr(r, "kind", None) == "end"]
+    assert ends and ends[0].message == "cancelled"
+
+
+async def test_automatic_triggers_are_debounced_and_invoked_ones_are_not(session, engine):
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    slow = {**OPTIONS, "completion": {"maxTokens": 12, "debounceMs": 600_000}}
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=slow))
+    waiting = asyncio.wrap_future(  # sent now, not when awaited
+        client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(3, 11), automatic=True))
+    )
+    invoked = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    assert invoked.items  # answered at once, though the automatic one before it is still waiting
+    with pytest.raises(JsonRpcRequestCancelled):  # ... and it never ran: the newer request replaced it
+        await asyncio.wait_for(waiting, TIMEOUT)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+
+
+async def test_a_bad_setting_falls_back_and_the_user_is_told(session):
+    client, _, _, uri = session
+    shown = client.wait_for_notification("window/showMessage")
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dmem": {**OPTIONS, "completion": {"maxTokens": "lots", "debounceMs": 0}}})
+    )
+    message = await asyncio.wait_for(shown, TIMEOUT)
+    assert message.type == types.MessageType.Warning
+    assert "completion.maxTokens" in message.message and "using 64" in message.message
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    assert result.items  # served with the default
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+
+
+async def test_a_document_that_does_not_exist_is_invalid_params(session, tmp_path):
+    client, _, _, _ = session
+    missing = (tmp_path / "gone.py").as_uri()
+    with pytest.raises(JsonRpcInvalidParams, match="cannot be read"):
+        await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(missing, at(0, 0))), TIMEOUT)

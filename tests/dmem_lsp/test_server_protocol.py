@@ -1,0 +1,77 @@
+"""The server over raw pipes: initialize without torch, and bad input always answered.
+
+pygls 2.1 drops a request whose params do not fit their type (the client waits forever)
+and a body that is not JSON; this server answers both. These tests speak JSON-RPC byte by
+byte, because a well-behaved client cannot send such messages.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.dmem_lsp.lsp import RawServer, server_env
+
+POSITION = {"line": 0, "character": 0}
+
+
+def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_path):
+    server = RawServer(["--model", str(talkative_model), "--adapter", "none"], server_env(tmp_path), ("-X", "importtime"))
+    server.request(1, "initialize", {"capabilities": {}, "processId": None})
+    result = server.response(1)["result"]
+    capabilities = result["capabilities"]
+    assert result["serverInfo"]["name"] == "dmem-lsp"
+    assert "inlineCompletionProvider" in capabilities and "completionProvider" in capabilities
+    assert capabilities["executeCommandProvider"]["commands"] == ["dmem.explain"]
+    assert capabilities["codeActionProvider"]
+    assert server.close() == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in b"".join(server.stderr).decode().splitlines() if "|" in line}
+    assert "pygls" in imported  # the import log is there ...
+    assert not {"torch", "transformers", "memory"} & imported  # ... and never loaded the model stack
+
+
+def test_bad_input_gets_an_error_response_and_a_failed_load_is_explained(tmp_path):
+    missing = tmp_path / "no-such-model"
+    server = RawServer(["--model", str(missing)], server_env(tmp_path))
+    server.request(1, "initialize", {"capabilities": {"window": {"workDoneProgress": True}}, "processId": None})
+    server.response(1)
+    server.notify("initialized", {})
+
+    server.send(b"{this is not json")
+    error = server.wait_for(lambda m: "error" in m and m.get("id") is None)[0]["error"]
+    assert error["code"] == -32700
+
+    server.request(2, "textDocument/inlineCompletion", {"textDocument": {"uri": 5}, "position": {"line": "x"}})
+    error = server.response(2)["error"]
+    assert error["code"] == -32602
+    assert "textDocument/inlineCompletion" in error["message"] and "params.position.line" in error["message"]
+
+    server.request(3, "dmem/noSuchMethod", {})
+    assert server.response(3)["error"]["code"] == -32601
+
+    server.request(4, "dmem/explain", {"textDocument": {}})
+    error = server.response(4)["error"]
+    assert error["code"] == -32602 and "dmem/explain expects" in error["message"]
+
+    server.request(5, "dmem/explain", {"textDocument": {"uri": "file:///x.py"}, "range": {"start": POSITION, "end": {"line": "y"}}})
+    error = server.response(5)["error"]
+    assert error["code"] == -32602 and "end.line" in error["message"]
+
+    server.request(6, "workspace/executeCommand", {"command": "dmem.explain", "arguments": [1, 2, 3]})
+    assert server.response(6)["error"]["code"] == -32602
+
+    server.request(7, "workspace/executeCommand", {"command": "dmem.noSuchCommand"})
+    assert server.response(7)["error"]["code"] == -32602
+
+    # the load fails: status error with the actionable message, and requests are told why
+    status = server.wait_for(lambda m: m.get("method") == "dmem/status" and m["params"]["state"] == "error")[0]
+    assert re.search(r"does not exist.*--model", status["params"]["message"])
+    server.wait_for(lambda m: m.get("method") == "window/showMessage" and "--model" in m["params"]["message"])
+    progress = [m["params"]["value"] for m in server.received if m.get("method") == "$/progress"]
+    assert progress[0]["kind"] == "begin" and progress[-1]["kind"] == "end" and "--model" in progress[-1]["message"]
+    (tmp_path / "a.py").write_text("import os\n")
+    server.request(8, "textDocument/inlineCompletion", {
+        "textDocument": {"uri": (tmp_path / "a.py").as_uri()}, "position": POSITION, "context": {"triggerKind": 1}
+    })
+    error = server.response(8)["error"]
+    assert error["code"] == -32803 and "--model" in error["message"]
+    assert server.close() == 0
