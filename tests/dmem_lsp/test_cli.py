@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -51,3 +53,40 @@ def test_starting_does_not_import_torch():
     code = "import sys, dmem_lsp.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_serves_over_tcp(tmp_path):
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dmem_lsp", "--tcp", "--port", str(port), "-vv"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        for line in server.stderr:  # wait for the listening socket
+            if b"Serving on" in line:
+                break
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+            stream = connection.makefile("rwb")
+
+            def call(id_, method, params=None):
+                body = json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}).encode()
+                stream.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                stream.flush()
+                length = 0
+                while (header := stream.readline()) != b"\r\n":
+                    if header.lower().startswith(b"content-length"):
+                        length = int(header.split(b":")[1])
+                return json.loads(stream.read(length))
+
+            assert call(1, "initialize", {"capabilities": {}})["result"]["serverInfo"]["name"] == "dmem-lsp"
+            assert call(2, "shutdown")["result"] is None
+            body = b'{"jsonrpc": "2.0", "method": "exit"}'
+            stream.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            stream.flush()
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -230,3 +230,13 @@ async def test_a_document_that_does_not_exist_is_invalid_params(session, tmp_pat
     missing = (tmp_path / "gone.py").as_uri()
     with pytest.raises(JsonRpcInvalidParams, match="cannot be read"):
         await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(missing, at(0, 0))), TIMEOUT)
+
+
+async def test_changing_the_model_while_running_asks_for_a_restart(session):
+    client, _, _, _ = session
+    await wait_for_status(client, "ready")
+    shown = client.wait_for_notification("window/showMessage")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={**OPTIONS, "quantization": "nf4"}))
+    message = await asyncio.wait_for(shown, TIMEOUT)
+    assert "restart" in message.message and "quantization" in message.message
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
