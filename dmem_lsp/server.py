@@ -229,6 +229,8 @@ class DmemServer(LanguageServer):
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{answer.tokens} tokens"))
             return answer
         finally:
+            if token is not None:
+                self.work_done_progress.tokens.pop(token, None)
             if supersede is not None and self._latest.get(supersede) is task:
                 del self._latest[supersede]
 
@@ -237,6 +239,11 @@ class DmemServer(LanguageServer):
         if token is None:
             return lambda count: None
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"dmem: {name}", cancellable=True))
+        task = asyncio.current_task()
+        # window/workDoneProgress/cancel cancels this future: treat it as $/cancelRequest
+        self.work_done_progress.tokens[token].add_done_callback(
+            lambda future: task.cancel() if future.cancelled() and task is not None else None
+        )
         loop = asyncio.get_running_loop()
 
         def on_token(count: int) -> None:

@@ -176,6 +176,12 @@ async def test_a_long_generation_is_cancelled_and_the_next_request_is_answered(s
     with pytest.raises(JsonRpcRequestCancelled):
         await asyncio.wait_for(first, TIMEOUT)
 
+    # the progress bar's cancel button (window/workDoneProgress/cancel)
+    pressed, pressed_token = await _start_long_completion(client, uri, f"button-{next(_ids)}")
+    client.window_work_done_progress_cancel(types.WorkDoneProgressCancelParams(token=pressed_token))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(pressed, TIMEOUT)
+
     # a newer completion for the same document supersedes the running one
     second, _ = await _start_long_completion(client, uri, f"old-{next(_ids)}")
     newer_id = f"new-{next(_ids)}"
