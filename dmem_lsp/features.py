@@ -17,7 +17,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from . import assist
 from .server import DmemServer
 
-__all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
+__all__ = ["as_json", "create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
 
 EXPLAIN = "dmem/explain"
 """Request ``{textDocument: {uri}, range}`` → ``{markdown}``."""
@@ -155,17 +155,17 @@ def _explain_target(ls: DmemServer, raw: Any, usage: str) -> tuple[str, types.Ra
     return uri, selection, raw.get("workDoneToken")
 
 
-def _plain(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """pygls hands a custom method's params over as nested namedtuples: back to JSON values."""
     if hasattr(value, "_asdict"):
-        return {key: _plain(item) for key, item in value._asdict().items()}
+        return {key: as_json(item) for key, item in value._asdict().items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [as_json(item) for item in value]
     return value
 
 
 async def explain(ls: DmemServer, params: Any) -> dict[str, str]:
-    raw = _plain(params)
+    raw = as_json(params)
     uri, selection, token = _explain_target(ls, raw, f"{EXPLAIN} expects {{textDocument: {{uri}}, range}}")
     return await _explain(ls, uri, selection, token)
 
@@ -173,9 +173,9 @@ async def explain(ls: DmemServer, params: Any) -> dict[str, str]:
 async def explain_command(ls: DmemServer, *arguments: Any) -> dict[str, str]:
     usage = f"{EXPLAIN_COMMAND} expects the arguments [uri, range] or [{{textDocument: {{uri}}, range}}]"
     if len(arguments) == 2:
-        raw = {"textDocument": {"uri": arguments[0]}, "range": _plain(arguments[1])}
+        raw = {"textDocument": {"uri": arguments[0]}, "range": as_json(arguments[1])}
     elif len(arguments) == 1:
-        raw = _plain(arguments[0])
+        raw = as_json(arguments[0])
     else:
         raise JsonRpcInvalidParams(usage)
     uri, selection, token = _explain_target(ls, raw, usage)

@@ -20,6 +20,8 @@ from typing import Any, Callable
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
 
+from dmem_lsp.features import as_json as plain  # the client side unwraps custom messages alike
+
 SERVER = [sys.executable, "-m", "dmem_lsp"]
 TIMEOUT = 180
 """Seconds for anything that waits on the server (it imports torch and loads a model)."""
@@ -30,15 +32,6 @@ def server_env(data_home: Path | None = None) -> dict[str, str]:
     if data_home is not None:
         env["XDG_DATA_HOME"] = str(data_home)
     return env
-
-
-def plain(value: Any) -> Any:
-    """pygls hands custom messages over as nested namedtuples: back to JSON values."""
-    if hasattr(value, "_asdict"):
-        return {key: plain(item) for key, item in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    return value
 
 
 class RawServer:
