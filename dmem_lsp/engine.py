@@ -86,11 +86,13 @@ def _resolve_local(name: str, what: str, flag: str) -> str:
 class Engine:
     """A loaded model, its tokenizer and its δ-mem."""
 
-    def __init__(self, model, tokenizer, mem: memory.Memory, device: torch.device) -> None:
+    def __init__(self, model, tokenizer, mem: memory.Memory, device: torch.device, quantization: str = "none") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.memory = mem
         self.device = device
+        self.quantization = quantization
+        """nf4 or none: what the backbone's linear layers hold."""
 
     @classmethod
     def load(cls, options: EngineOptions, progress: Callable[[str], None] = lambda message: None) -> "Engine":
@@ -141,7 +143,7 @@ class Engine:
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
-        return cls(model, tokenizer, mem, device)
+        return cls(model, tokenizer, mem, device, quantization)
 
     def generate(
         self,

@@ -15,9 +15,10 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from . import assist
+from .protocol import as_json
 from .server import DmemServer
 
-__all__ = ["as_json", "create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
+__all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
 
 EXPLAIN = "dmem/explain"
 """Request ``{textDocument: {uri}, range}`` → ``{markdown}``."""
@@ -153,15 +154,6 @@ def _explain_target(ls: DmemServer, raw: Any, usage: str) -> tuple[str, types.Ra
         detail = "; ".join(cattrs.transform_error(error)) if isinstance(error, cattrs.BaseValidationError) else error
         raise JsonRpcInvalidParams(f"{usage}: {detail}") from error
     return uri, selection, raw.get("workDoneToken")
-
-
-def as_json(value: Any) -> Any:
-    """pygls hands a custom method's params over as nested namedtuples: back to JSON values."""
-    if hasattr(value, "_asdict"):
-        return {key: as_json(item) for key, item in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [as_json(item) for item in value]
-    return value
 
 
 async def explain(ls: DmemServer, params: Any) -> dict[str, str]:

@@ -18,9 +18,19 @@ from lsprotocol.types import ErrorCodes
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol
 
-__all__ = ["DmemProtocol", "QuietExpectedErrors"]
+__all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json"]
 
 log = logging.getLogger(__name__)
+
+
+def as_json(value: Any) -> Any:
+    """pygls hands custom messages' params (and untyped results) over as nested namedtuples:
+    back to plain JSON values."""
+    if hasattr(value, "_asdict"):
+        return {key: as_json(item) for key, item in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(item) for item in value]
+    return value
 
 
 class _Answered:

@@ -22,7 +22,7 @@ from pygls.lsp.server import LanguageServer
 
 from . import __version__
 from .assist import Answer
-from .protocol import DmemProtocol, QuietExpectedErrors
+from .protocol import DmemProtocol, QuietExpectedErrors, as_json
 from .settings import ENGINE_KEYS, Settings, merge, parse_settings
 from .worker import Priority, Worker
 
@@ -100,8 +100,9 @@ class DmemServer(LanguageServer):
         except Exception as error:  # a client that does not answer is no reason to stop
             log.warning("workspace/configuration failed: %s", error)
             return
-        if values and isinstance(values[0], dict):
-            self.apply_settings(values[0])
+        value = as_json(values[0]) if values else None
+        if isinstance(value, dict):
+            self.apply_settings(value)
 
     # -- talking to the user ------------------------------------------------------------
 
@@ -111,15 +112,16 @@ class DmemServer(LanguageServer):
 
     def set_status(self, state: str, message: str = "") -> None:
         self.state, self.state_message = state, message
+        settings = self.loaded_with or self.settings
         self.protocol.notify(
             STATUS,
             {
                 "state": state,
                 "message": message,
-                "model": self.settings.model,
-                "adapter": self.settings.adapter,
-                "device": str(self.engine.device) if self.engine else self.settings.device,
-                "quantization": self.settings.quantization,
+                "model": settings.model,
+                "adapter": settings.adapter,
+                "device": str(self.engine.device) if self.engine else settings.device,
+                "quantization": self.engine.quantization if self.engine else settings.quantization,
             },
         )
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
 
-from dmem_lsp.features import as_json as plain  # the client side unwraps custom messages alike
+from dmem_lsp.protocol import as_json as plain  # the client side unwraps custom messages alike
 
 SERVER = [sys.executable, "-m", "dmem_lsp"]
 TIMEOUT = 180

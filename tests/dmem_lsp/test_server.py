@@ -16,7 +16,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import completion_prompt, explain_prompt, trim_suffix_overlap
+from dmem_lsp.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
 from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -76,6 +76,7 @@ async def test_initialize_comes_first_then_progress_then_ready(session):
     assert not any(s["state"] == "ready" for s in statuses_at_initialize)
     status = await wait_for_status(client, "ready", "error")
     assert status["state"] == "ready", status["message"]
+    assert (status["device"], status["quantization"]) == ("cpu", "none")  # what was loaded, not "auto"
     states = [s["state"] for s in client.statuses]
     assert states.index("loading") < states.index("ready")
     (token, reports), = [(t, r) for t, r in client.progress_reports.items() if str(t).startswith("dmem-load-")]
@@ -86,7 +87,7 @@ async def test_initialize_comes_first_then_progress_then_ready(session):
 
 @pytest.mark.parametrize(
     "line, character, multiline",
-    [(3, 11, False), (2, 15, True), (6, 9, False)],
+    [(3, 11, False), (2, 14, True), (6, 9, False)],
     ids=["mid-line", "after-a-colon", "before-code-on-the-line"],
 )
 async def test_inline_completion_is_the_engines_greedy_text(session, engine, line, character, multiline):
@@ -94,9 +95,10 @@ async def test_inline_completion_is_the_engines_greedy_text(session, engine, lin
     await wait_for_status(client, "ready")
     lines = SOURCE.splitlines(keepends=True)
     offset = sum(len(text) for text in lines[:line]) + character
-    expected = expected_completion(engine, SOURCE[:offset], SOURCE[offset:], multiline)
+    prefix, suffix = SOURCE[:offset], SOURCE[offset:]
+    assert is_multiline(prefix.rsplit("\n", 1)[-1], suffix.split("\n", 1)[0]) == multiline
+    expected = expected_completion(engine, prefix, suffix, multiline)
     assert expected  # the talkative model always says something
-    assert multiline or "\n" not in expected
 
     result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(line, character))), TIMEOUT)
     (item,) = result.items
@@ -153,7 +155,7 @@ async def _start_long_completion(client, uri, msg_id):
     """Send a completion that runs to its (huge) token limit; return once it is generating."""
     token = f"long-{msg_id}"
     client.progress_reports[token] = []
-    future = client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(2, 15), token), msg_id=msg_id)
+    future = client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(2, 14), token), msg_id=msg_id)
 
     async def generating():
         while not any(value.kind == "report" for value in client.progress_reports[token]):
@@ -245,4 +247,17 @@ async def test_changing_the_model_while_running_asks_for_a_restart(session):
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={**OPTIONS, "quantization": "nf4"}))
     message = await asyncio.wait_for(shown, TIMEOUT)
     assert "restart" in message.message and "quantization" in message.message
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+
+
+async def test_settings_are_pulled_when_the_client_says_they_changed(session, engine):
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    client.set_configuration({"completion": {"maxTokens": 3, "debounceMs": "soon"}}, section="dmem")
+    shown = client.wait_for_notification("window/showMessage")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    assert "completion.debounceMs" in (await asyncio.wait_for(shown, TIMEOUT)).message  # pulled and applied
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(2, 14))), TIMEOUT)
+    offset = SOURCE.index("b):") + 3
+    assert result.items[0].insert_text == expected_completion(engine, SOURCE[:offset], SOURCE[offset:], True, max_tokens=3)
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))

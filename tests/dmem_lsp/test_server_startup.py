@@ -36,7 +36,7 @@ async def test_nf4_on_the_cpu_end_to_end(talkative_model, talkative_adapter, tmp
         assert not any(s["state"] == "ready" for s in client.statuses)
         result = await asyncio.wait_for(client.text_document_inline_completion_async(_inline(path.as_uri())), TIMEOUT)
         status = await wait_for_status(client, "ready", "error")
-        assert status["state"] == "ready" and status["quantization"] == "nf4"
+        assert status["state"] == "ready" and status["quantization"] == "nf4" and status["device"] == "cpu"
     finally:
         await stop(client)
     engine = Engine.load(
