@@ -16,7 +16,7 @@ from .settings import CompletionSettings, ExplainSettings
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Answer", "complete", "explain", "NO_EXPLANATION"]
+__all__ = ["Answer", "complete", "explain", "tokenize_for_write", "write_memory", "NO_EXPLANATION"]
 
 NO_EXPLANATION = "_The model gave no explanation._"
 
@@ -70,3 +70,18 @@ def explain(
         prompt.input_ids, max_new_tokens=settings.max_tokens, should_stop=should_stop, on_token=on_token
     )
     return Answer(generation.text.strip() or NO_EXPLANATION, len(generation.token_ids), generation.cancelled)
+
+
+def tokenize_for_write(engine: "Engine", text: str, limit: int | None = None) -> list[int]:
+    """The token ids a write pass over ``text`` takes (the first ``limit`` of them)."""
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    return ids if limit is None else ids[:limit]
+
+
+def write_memory(engine: "Engine", store: str, ids: list[int]) -> dict:
+    """One write pass of ``ids`` into ``store``; returns every store's state afterwards."""
+    import torch
+
+    with torch.inference_mode(), engine.memory.writing(store=store):
+        engine.model(input_ids=torch.tensor([ids], device=engine.device), use_cache=False)
+    return engine.memory.states()

@@ -12,8 +12,12 @@ import logging
 import sys
 from typing import Any
 
+from pathlib import Path
+
 from . import __version__
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+STORES = ("conventions", "debug", "edits")
 
 DESCRIPTION = (
     "A local coding assistant served as a language server (VS Code, Neovim), "
@@ -41,8 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: every message)")
+    parser.add_argument(
+        "--reset-memory", action="store_true", help="clear the workspace's memory (all stores, or --store) and exit"
+    )
+    parser.add_argument("--workspace", metavar="PATH", default=".", help="the workspace folder (default: the current directory)")
+    parser.add_argument("--store", choices=STORES, help="only this store (with --reset-memory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("doctor", help="print versions, CUDA and bitsandbytes status, and where things are kept")
+    memory = commands.add_parser("memory", help="inspect and move workspace memory").add_subparsers(
+        dest="memory_command", metavar="ACTION", required=True
+    )
+    memory.add_parser("status", help="tokens written per store, the last writes, the file size")
+    export = memory.add_parser("export", help="write one store to a snapshot file")
+    export.add_argument("--store", dest="export_store", choices=STORES, required=True)
+    export.add_argument("--output", "-o", required=True, metavar="FILE")
+    load = memory.add_parser("import", help="replace a store with a snapshot made with the same adapter")
+    load.add_argument("file", metavar="FILE")
+    for sub in (memory.choices["status"], export, load):
+        sub.add_argument("--workspace", dest="memory_workspace", metavar="PATH", help="the workspace folder")
     return parser
 
 
@@ -69,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(overrides_from(args))
+    if args.reset_memory or args.command == "memory":
+        from . import memory_cli
+
+        workspace = Path(getattr(args, "memory_workspace", None) or args.workspace)
+        if args.reset_memory:
+            return memory_cli.reset_memory(workspace, args.store)
+        if args.memory_command == "status":
+            return memory_cli.memory_status(workspace)
+        if args.memory_command == "export":
+            return memory_cli.export_store(workspace, args.export_store, Path(args.output))
+        return memory_cli.import_store(workspace, Path(args.file))
     from .features import create_server
 
     server = create_server(overrides_from(args))

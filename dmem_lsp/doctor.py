@@ -15,17 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from . import __version__
 from .settings import parse_settings
+from .store import memory_root
 
-__all__ = ["memory_root", "run_doctor"]
-
-
-def memory_root() -> Path:
-    """Where per-workspace memory is kept."""
-    return Path(platformdirs.user_data_dir("dmem-lsp")) / "workspaces"
+__all__ = ["run_doctor"]
 
 
 def _version(distribution: str) -> str:

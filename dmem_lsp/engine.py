@@ -9,6 +9,7 @@ cancel it within one step. Imported only in the background: it loads torch.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -86,13 +87,17 @@ def _resolve_local(name: str, what: str, flag: str) -> str:
 class Engine:
     """A loaded model, its tokenizer and its δ-mem."""
 
-    def __init__(self, model, tokenizer, mem: memory.Memory, device: torch.device, quantization: str = "none") -> None:
+    def __init__(
+        self, model, tokenizer, mem: memory.Memory, device: torch.device, quantization: str = "none", model_id: str = ""
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.memory = mem
         self.device = device
         self.quantization = quantization
         """nf4 or none: what the backbone's linear layers hold."""
+        self.fingerprint = _fingerprint(mem, model_id)
+        """What saved memory states must have been made with: backbone, adapter sha256, config."""
 
     @classmethod
     def load(cls, options: EngineOptions, progress: Callable[[str], None] = lambda message: None) -> "Engine":
@@ -132,7 +137,9 @@ class Engine:
         progress("attaching δ-mem")
         try:
             if options.adapter is None:
-                mem = memory.attach(model, memory.DeltaMemConfig())
+                with torch.random.fork_rng(devices=[]):  # the same fresh adapter every start
+                    torch.manual_seed(0)
+                    mem = memory.attach(model, memory.DeltaMemConfig())
             else:
                 mem = memory.load_adapter(model, _resolve_local(options.adapter, "adapter", "--adapter"))
         except memory.AttachError as error:
@@ -143,7 +150,7 @@ class Engine:
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
-        return cls(model, tokenizer, mem, device, quantization)
+        return cls(model, tokenizer, mem, device, quantization, options.model)
 
     def generate(
         self,
@@ -181,6 +188,24 @@ class Engine:
                     return Generation(text[:cut], produced, cancelled=False)
                 ids = torch.tensor([[token]], device=self.device)
         return Generation(text, produced, cancelled=False)
+
+
+def _fingerprint(mem: memory.Memory, model_id: str) -> dict:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(mem.adapter_state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    config = mem.config.to_dict()
+    config.pop("chunk_size", None)  # how the scan is computed, not what it computes
+    first = mem.layers[0]
+    backbone = {
+        "id": model_id,
+        "hidden_size": int(first.memory_q_proj.shape[1]),
+        "num_layers": len(mem.layers),
+        "q_proj_out": int(first.delta_q_proj.shape[0]),
+        "o_proj_out": int(first.delta_o_proj.shape[0]),
+    }
+    return {"backbone": backbone, "adapter_sha256": digest.hexdigest(), "config": config}
 
 
 def _check_bitsandbytes(device: torch.device) -> None:

@@ -7,16 +7,19 @@ Requests are async so that cancellation reaches the job while it runs.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import asyncio
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
+from pygls.uris import to_fs_path
 
 from . import assist
 from .protocol import as_json
-from .server import DmemServer
+from .learning import log_failure, looks_like_an_error
+from .server import DmemServer, RequestFailed
 
 __all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
 
@@ -24,6 +27,12 @@ EXPLAIN = "dmem/explain"
 """Request ``{textDocument: {uri}, range}`` → ``{markdown}``."""
 EXPLAIN_COMMAND = "dmem.explain"
 """Command with arguments ``[uri, range]`` (or one object like dmem/explain's params)."""
+DEBUG_STEP = "dmem/debugStep"
+"""Notification ``{uri?, text, kind}``: a diagnostic, a test failure, a stack trace."""
+REMEMBER = "dmem.rememberDebugStep"
+ACCEPT = "dmem.acceptCompletion"
+RESET = "dmem.resetMemory"
+STATUS_COMMAND = "dmem.memoryStatus"
 
 
 def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
@@ -40,6 +49,16 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
     )(code_action)
     server.feature(EXPLAIN)(explain)
     server.command(EXPLAIN_COMMAND)(explain_command)
+    server.feature(types.TEXT_DOCUMENT_DID_OPEN)(did_open)
+    server.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
+    server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))(did_save)
+    server.feature(types.TEXT_DOCUMENT_DID_CLOSE)(did_close)
+    server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)(did_change_workspace_folders)
+    server.feature(DEBUG_STEP)(debug_step)
+    server.command(REMEMBER)(remember_debug_step)
+    server.command(ACCEPT)(accept_completion)
+    server.command(RESET)(reset_memory)
+    server.command(STATUS_COMMAND)(memory_status)
     return server
 
 
@@ -51,8 +70,8 @@ def initialized(ls: DmemServer, params: types.InitializedParams) -> None:
     ls.start_loading()
 
 
-def shutdown(ls: DmemServer, params: None) -> None:
-    ls.close()
+async def shutdown(ls: DmemServer, params: None) -> None:
+    await ls.close()
 
 
 async def did_change_configuration(ls: DmemServer, params: types.DidChangeConfigurationParams) -> None:
@@ -74,6 +93,7 @@ async def _complete(
     answer = await ls.run(
         "completion",
         lambda engine, stop, on_token: assist.complete(engine, prefix, suffix, settings, stop, on_token),
+        uri=uri,
         token=token,
         supersede=uri,
         debounce_ms=settings.debounce_ms if automatic else 0,
@@ -87,7 +107,8 @@ async def inline_completion(ls: DmemServer, params: types.InlineCompletionParams
     if text is None:
         return None
     here = types.Range(start=params.position, end=params.position)
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=here)])
+    accept = types.Command(title="Accept", command=ACCEPT, arguments=[params.text_document.uri, text])
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=here, command=accept)])
 
 
 async def completion(ls: DmemServer, params: types.CompletionParams) -> types.CompletionList | None:
@@ -137,8 +158,12 @@ async def _explain(ls: DmemServer, uri: str, selection: types.Range, token: type
     answer = await ls.run(
         "explain",
         lambda engine, stop, on_token: assist.explain(engine, code, context, language, settings, stop, on_token),
+        uri=uri,
         token=token,
     )
+    if looks_like_an_error(code):  # an explanation asked about an error is a debugging step
+        step = f"{code.strip()}\n\nExplanation:\n{answer.text}"
+        asyncio.ensure_future(ls.learner.debug_step(uri, step, "explanation")).add_done_callback(log_failure)
     return {"markdown": answer.text}
 
 
@@ -172,3 +197,93 @@ async def explain_command(ls: DmemServer, *arguments: Any) -> dict[str, str]:
         raise JsonRpcInvalidParams(usage)
     uri, selection, token = _explain_target(ls, raw, usage)
     return await _explain(ls, uri, selection, token)
+
+
+# -- memory -----------------------------------------------------------------------------
+
+
+def did_open(ls: DmemServer, params: types.DidOpenTextDocumentParams) -> None:
+    ls.learner.opened(params.text_document.uri, params.text_document.text)
+
+
+def did_change(ls: DmemServer, params: types.DidChangeTextDocumentParams) -> None:
+    ls.learner.changed(params.text_document.uri)
+
+
+async def did_save(ls: DmemServer, params: types.DidSaveTextDocumentParams) -> None:
+    await ls.learner.flush_edit(params.text_document.uri)
+
+
+async def did_close(ls: DmemServer, params: types.DidCloseTextDocumentParams) -> None:
+    await ls.learner.flush_edit(params.text_document.uri, closing=True)
+
+
+async def did_change_workspace_folders(ls: DmemServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+    if ls.engine is None:  # folders open once the model is loaded
+        return
+    for folder in params.event.removed:
+        await ls.learner.close(Path(to_fs_path(folder.uri)))
+    for folder in params.event.added:
+        await ls.open_folder(Path(to_fs_path(folder.uri)))
+
+
+async def debug_step(ls: DmemServer, params: Any) -> None:
+    raw = as_json(params)
+    if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
+        ls.show(types.MessageType.Warning, f"dmem-lsp: {DEBUG_STEP} needs {{uri?, text, kind}}, got {raw!r}")
+        return
+    await ls.wait_for_engine()
+    await ls.learner.debug_step(raw.get("uri"), raw["text"], str(raw.get("kind") or "note"))
+
+
+async def remember_debug_step(ls: DmemServer, *arguments: Any) -> dict[str, int]:
+    """Arguments ``[text]``, ``[uri, text]`` or ``[{uri?, text, kind?}]``."""
+    values = [as_json(argument) for argument in arguments]
+    if len(values) == 1 and isinstance(values[0], dict):
+        uri, text, kind = values[0].get("uri"), values[0].get("text"), values[0].get("kind") or "note"
+    elif len(values) in (1, 2) and all(isinstance(v, str) for v in values):
+        uri, text, kind = (None, values[0], "note") if len(values) == 1 else (values[0], values[1], "note")
+    else:
+        uri = text = kind = None
+    if not isinstance(text, str) or not text.strip():
+        raise JsonRpcInvalidParams(f"{REMEMBER} expects [text], [uri, text] or [{{uri?, text, kind?}}]")
+    await ls.wait_for_engine()
+    return {"tokens": await ls.learner.debug_step(uri, text, str(kind))}
+
+
+async def accept_completion(ls: DmemServer, uri: str, text: str) -> None:
+    await ls.wait_for_engine()
+    await ls.learner.accepted(uri, text)
+
+
+def _folders(ls: DmemServer, folder: str | None) -> list:
+    if folder is None:
+        return list(ls.learner.folders.values())
+    memory = ls.learner.folder_for(folder)
+    if memory is None:
+        raise JsonRpcInvalidParams(f"{folder} is not in an open workspace folder")
+    return [memory]
+
+
+async def reset_memory(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
+    """Arguments ``[]``, ``[store]``, ``[store, folderUri]`` or ``[{store?, folder?}]``: all stores of every folder by default."""
+    values = [as_json(argument) for argument in arguments]
+    options = values[0] if len(values) == 1 and isinstance(values[0], dict) else dict(zip(("store", "folder"), values))
+    await ls.wait_for_engine()
+    store = options.get("store")
+    stores = list(ls.engine.memory.stores)
+    if store is not None and store not in stores:
+        raise JsonRpcInvalidParams(f"{RESET}: no store {store!r}; the stores are {', '.join(stores)}")
+    folders = _folders(ls, options.get("folder"))
+    for memory in folders:
+        if memory.read_only:
+            raise RequestFailed(f"the memory of {memory.root} is read-only here (in use by another dmem-lsp)")
+        await ls.learner.reset(memory, [store] if store else stores, "editor")
+    return {"folders": [memory.uri for memory in folders], "stores": [store] if store else stores}
+
+
+async def memory_status(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
+    """Arguments ``[]`` or ``[folderUri]``."""
+    await ls.wait_for_engine()
+    folder = as_json(arguments[0]) if arguments else None
+    return {"folders": [ls.learner.status(memory) for memory in _folders(ls, folder)]}

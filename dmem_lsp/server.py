@@ -14,14 +14,17 @@ import asyncio
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 
 from . import __version__
 from .assist import Answer
+from .learning import Learner
 from .protocol import DmemProtocol, QuietExpectedErrors, as_json
 from .settings import ENGINE_KEYS, Settings, merge, parse_settings
 from .worker import Priority, Worker
@@ -70,6 +73,7 @@ class DmemServer(LanguageServer):
         self._engine_ready: asyncio.Future[Engine] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._latest: dict[str, asyncio.Task[Any]] = {}
+        self.learner = Learner(self)
 
     # -- settings -----------------------------------------------------------------------
 
@@ -140,27 +144,13 @@ class DmemServer(LanguageServer):
         await self.pull_settings()
         settings = self.settings
         ready = self.engine_ready()
-        token: str | None = None
-        window = self.client_capabilities.window
-        if window and window.work_done_progress:
-            token = f"dmem-load-{uuid.uuid4()}"
-            try:
-                await self.work_done_progress.create_async(token)
-                self.work_done_progress.begin(
-                    token, types.WorkDoneProgressBegin(title="dmem: loading the model", message=settings.model)
-                )
-            except Exception as error:
-                log.warning("the client refused a progress token: %s", error)
-                token = None
+        token = await self.begin_progress("dmem: loading the model", settings.model)
         self.set_status("loading", f"loading {settings.model}")
         loop = asyncio.get_running_loop()
 
         def report(message: str) -> None:
             log.info("loading: %s", message)
-            if token is not None:
-                loop.call_soon_threadsafe(
-                    self.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
-                )
+            loop.call_soon_threadsafe(self.report_progress, token, message)
 
         def load(should_stop: Callable[[], bool]) -> Engine:
             from .engine import Engine  # imports torch: only ever on the worker
@@ -175,16 +165,51 @@ class DmemServer(LanguageServer):
             log.error("loading failed: %s", message, exc_info=not _is_engine_error(error))
             ready.set_exception(RequestFailed(f"the model did not load: {message}"))
             ready.exception()  # retrieved: requests see it through shield()
-            if token is not None:
-                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"failed: {message}"))
+            self.end_progress(token, f"failed: {message}")
             self.set_status("error", message)
             self.show(types.MessageType.Error, f"dmem-lsp could not load the model: {message}")
             return
         self.engine, self.loaded_with = engine, settings
         ready.set_result(engine)
-        if token is not None:
-            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+        self.end_progress(token, "ready")
         self.set_status("ready", f"{settings.model} on {engine.device}")
+        for root in self.workspace_roots():
+            await self.open_folder(root)
+
+    def workspace_roots(self) -> list[Path]:
+        uris = [folder.uri for folder in self.workspace.folders.values()] or [self.workspace.root_uri]
+        return [Path(to_fs_path(uri)) for uri in uris if uri and uri.startswith("file:")]
+
+    async def open_folder(self, root: Path) -> None:
+        try:
+            await self.learner.open(root)
+        except Exception as error:  # one folder's memory failing is no reason to stop serving
+            log.exception("cannot open the memory of %s", root)
+            self.show(types.MessageType.Error, f"dmem-lsp: cannot open the memory of {root}: {error}")
+
+    # -- progress the server starts --------------------------------------------------------
+
+    async def begin_progress(self, title: str, message: str = "") -> str | None:
+        window = self.client_capabilities.window
+        if not (window and window.work_done_progress):
+            return None
+        token = f"dmem-{uuid.uuid4()}"
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception as error:
+            log.warning("the client refused a progress token: %s", error)
+            return None
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message))
+        return token
+
+    def report_progress(self, token: str | None, message: str) -> None:
+        if token is not None:
+            self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
+
+    def end_progress(self, token: str | None, message: str) -> None:
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+            self.work_done_progress.tokens.pop(token, None)
 
     async def wait_for_engine(self) -> Engine:
         """The engine, once loaded; a RequestFailed with the load error if it did not load."""
@@ -197,13 +222,15 @@ class DmemServer(LanguageServer):
         name: str,
         fn: Callable[[Engine, Callable[[], bool], Callable[[int], None]], Answer],
         *,
+        uri: str | None = None,
         token: types.ProgressToken | None = None,
         supersede: str | None = None,
         debounce_ms: int = 0,
     ) -> Answer:
         """Run ``fn(engine, should_stop, on_token)`` on the worker and await its answer.
 
-        Cancelling the awaiting task (``$/cancelRequest``, shutdown, or a newer request
+        The model reads the memory of the workspace folder holding ``uri`` (none outside
+        every folder). Cancelling the awaiting task (``$/cancelRequest``, shutdown, or a newer request
         with the same ``supersede`` key) stops the job within one decoding step.
         """
         task = asyncio.current_task()
@@ -217,7 +244,13 @@ class DmemServer(LanguageServer):
             if debounce_ms:
                 await asyncio.sleep(debounce_ms / 1000)
             on_token = self._progress(name, token)
-            job = self.worker.submit(lambda stop: fn(engine, stop, on_token), priority=Priority.REQUEST, name=name)
+            folder = self.learner.folder_for(uri)
+
+            def serve(stop: Callable[[], bool]) -> Answer:
+                self.learner.activate(folder)
+                return fn(engine, stop, on_token)
+
+            job = self.worker.submit(serve, priority=Priority.REQUEST, name=name)
             try:
                 answer = await asyncio.wrap_future(job.future)
             except asyncio.CancelledError:
@@ -269,9 +302,12 @@ class DmemServer(LanguageServer):
             return
         super().report_server_error(error, source)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop what runs, save every folder's memory and let go of its lock."""
         for task in list(self._latest.values()):
             task.cancel()
+        if self.engine is not None:
+            await self.learner.shutdown()
         self.worker.close()
 
 

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "parse_settings", "merge", "ENGINE_KEYS"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS"]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
@@ -50,6 +50,24 @@ class ExplainSettings:
 
 
 @dataclass(frozen=True)
+class MemorySettings:
+    enabled: bool = _setting(True)
+    """Write what the workspace teaches into its memory (reads happen either way)."""
+    edit_debounce_ms: int = _setting(1500, minimum=0)
+    """How long after the last change an edit is written (a save writes at once)."""
+    save_debounce_ms: int = _setting(2000, minimum=0)
+    """How long after the last write the memory is saved to disk."""
+    max_file_bytes: int = _setting(262144, minimum=1024)
+    """Files and texts larger than this are never written."""
+    convention_tokens: int = _setting(16384, minimum=0)
+    """Tokens of convention files written when a workspace is first opened."""
+    convention_file_tokens: int = _setting(2048, minimum=16)
+    """Tokens of one convention file written at most."""
+    write_chunk_tokens: int = _setting(256, minimum=16)
+    """Tokens per write pass; a completion waits behind at most one."""
+
+
+@dataclass(frozen=True)
 class Settings:
     model: str = _setting(DEFAULT_MODEL)
     """A Hugging Face model id or a local directory (read at start-up)."""
@@ -61,6 +79,7 @@ class Settings:
     """auto: NF4 (4-bit) on CUDA, full precision on the CPU."""
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     explain: ExplainSettings = field(default_factory=ExplainSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
     def engine_options(self):
         """The ``EngineOptions`` these settings ask for (imports the engine: torch)."""

@@ -114,11 +114,18 @@ def make_client() -> LanguageClient:
     client = make_test_lsp_client()
     client.statuses = []
     client.status_changed = asyncio.Event()
+    client.memory_events = []
+    client.memory_changed = asyncio.Event()
 
     @client.feature("dmem/status")
     def on_status(client: LanguageClient, params: Any) -> None:
         client.statuses.append(plain(params))
         client.status_changed.set()
+
+    @client.feature("dmem/memory")
+    def on_memory(client: LanguageClient, params: Any) -> None:
+        client.memory_events.append(plain(params))
+        client.memory_changed.set()
 
     return client
 
@@ -134,13 +141,18 @@ CAPABILITIES = types.ClientCapabilities(
 )
 
 
-async def start(args: list[str], env: dict[str, str], options: dict[str, Any] | None = None) -> tuple[LanguageClient, types.InitializeResult]:
+async def start(
+    args: list[str], env: dict[str, str], options: dict[str, Any] | None = None, folders: list[Path] = ()
+) -> tuple[LanguageClient, types.InitializeResult]:
     config = ClientServerConfig(server_command=[*SERVER, *args], client_factory=make_client, server_env=env)
     client = await config.start()
-    result = await asyncio.wait_for(
-        client.initialize_session(types.InitializeParams(capabilities=CAPABILITIES, initialization_options=options)),
-        TIMEOUT,
+    params = types.InitializeParams(
+        capabilities=CAPABILITIES,
+        initialization_options=options,
+        root_uri=folders[0].as_uri() if folders else None,
+        workspace_folders=[types.WorkspaceFolder(uri=f.as_uri(), name=f.name) for f in folders] or None,
     )
+    result = await asyncio.wait_for(client.initialize_session(params), TIMEOUT)
     return client, result
 
 
@@ -161,5 +173,19 @@ async def wait_for_status(client: LanguageClient, *states: str, timeout: float =
                     return status
             client.status_changed.clear()
             await client.status_changed.wait()
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def wait_for_memory(client: LanguageClient, match: Callable[[dict[str, Any]], bool], after: int = 0, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The first ``dmem/memory`` event from index ``after`` on that ``match``es (received or to come)."""
+
+    async def wait() -> dict[str, Any]:
+        while True:
+            for event in client.memory_events[after:]:
+                if match(event):
+                    return event
+            client.memory_changed.clear()
+            await client.memory_changed.wait()
 
     return await asyncio.wait_for(wait(), timeout)

@@ -79,7 +79,9 @@ async def test_initialize_comes_first_then_progress_then_ready(session):
     assert (status["device"], status["quantization"]) == ("cpu", "none")  # what was loaded, not "auto"
     states = [s["state"] for s in client.statuses]
     assert states.index("loading") < states.index("ready")
-    (token, reports), = [(t, r) for t, r in client.progress_reports.items() if str(t).startswith("dmem-load-")]
+    (token, reports), = [
+        (t, r) for t, r in client.progress_reports.items() if r and getattr(r[0], "title", "") == "dmem: loading the model"
+    ]
     kinds = [report.kind for report in reports]
     assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
     assert reports[-1].message == "ready"

@@ -21,7 +21,10 @@ def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_pat
     capabilities = result["capabilities"]
     assert result["serverInfo"]["name"] == "dmem-lsp"
     assert "inlineCompletionProvider" in capabilities and "completionProvider" in capabilities
-    assert capabilities["executeCommandProvider"]["commands"] == ["dmem.explain"]
+    assert set(capabilities["executeCommandProvider"]["commands"]) == {
+        "dmem.explain", "dmem.rememberDebugStep", "dmem.acceptCompletion", "dmem.resetMemory", "dmem.memoryStatus"
+    }
+    assert capabilities["textDocumentSync"]["save"] == {"includeText": False}
     assert capabilities["codeActionProvider"]
     assert server.close() == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in b"".join(server.stderr).decode().splitlines() if "|" in line}

@@ -1,0 +1,177 @@
+"""Workspace memory from a terminal: ``--reset-memory``, ``memory status|export|import``.
+
+These work whether or not a server is running. Without one, the command takes the
+folder's lock and changes the files itself. With one (the lock is held), it leaves a
+request in the memory's ``requests/`` folder; the server carries it out at once (it
+watches that folder), writes the outcome next to it, and the command prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .store import StoreError, WorkspaceStore, now, state_sha256
+
+__all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
+
+WAIT_SECONDS = 60
+
+
+def _ask_server(files: WorkspaceStore, request: dict) -> int:
+    path = files.add_request(request)
+    done = path.with_suffix(".done")
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if done.exists():
+            result = json.loads(done.read_text(encoding="utf-8"))
+            done.unlink(missing_ok=True)
+            print(result["message"], file=sys.stdout if result["ok"] else sys.stderr)
+            return 0 if result["ok"] else 1
+        time.sleep(0.05)
+    path.unlink(missing_ok=True)
+    print(
+        f"the dmem-lsp that holds this memory ({files.holder()}) did not answer within {WAIT_SECONDS} s; "
+        "stop it and run the command again",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _no_memory(files: WorkspaceStore) -> int:
+    print(f"{files.root} has no memory yet ({files.dir})", file=sys.stderr)
+    return 1
+
+
+def reset_memory(workspace: Path, store: str | None) -> int:
+    files = WorkspaceStore(workspace)
+    if not files.dir.is_dir():
+        return _no_memory(files)
+    if not files.acquire():
+        return _ask_server(files, {"action": "reset", "stores": [store] if store else []})
+    try:
+        if not files.state_path.exists():
+            print(f"{files.root}: memory is empty already")
+            return 0
+        states, fingerprint = files.read_states()
+        stores = [store] if store else list(states)
+        unknown = sorted(set(stores) - set(states))
+        if unknown:
+            print(f"no store {', '.join(unknown)}; the stores are {', '.join(states)}", file=sys.stderr)
+            return 2
+        manifest = files.read_manifest()
+        import torch
+
+        for name in stores:
+            states[name] = torch.zeros_like(states[name])
+            manifest["tokens"][name] = 0
+            manifest["audit"].append({"time": now(), "store": name, "source": "dmem-lsp --reset-memory", "kind": "reset"})
+        if "conventions" in stores:
+            manifest["sources"] = {}
+        files.save_states(states, fingerprint, manifest["tokens"])
+        files.write_manifest(manifest)
+        print(f"{files.root}: reset {', '.join(stores)}")
+        return 0
+    except StoreError as error:
+        print(f"{error}", file=sys.stderr)
+        return 1
+    finally:
+        files.release()
+
+
+def memory_status(workspace: Path) -> int:
+    files = WorkspaceStore(workspace)
+    if not files.dir.is_dir():
+        return _no_memory(files)
+    manifest = files.read_manifest()
+    size = files.state_path.stat().st_size if files.state_path.exists() else 0
+    print(f"workspace  {files.root}\nmemory     {files.dir} ({size} bytes)")
+    print(f"server     {'running: ' + files.holder() if not files.acquire() else 'not running'}")
+    files.release()
+    states = {}
+    if files.state_path.exists():
+        try:
+            states, _ = files.read_states()
+        except StoreError as error:
+            print(f"state      unreadable: {error}")
+    backbone = manifest.get("backbone", {})
+    print(f"backbone   {backbone.get('id', '?')}   adapter sha256 {str(manifest.get('adapter_sha256', '?'))[:16]}")
+    for store in states or manifest.get("tokens", {}):
+        tokens = manifest.get("tokens", {}).get(store, 0)
+        digest = state_sha256(states[store])[:16] if store in states else "-"
+        print(f"  {store:<12} {tokens:>9} tokens   state {digest}")
+        for entry in [e for e in manifest.get("audit", []) if e.get("store") == store][-3:]:
+            print(f"      {entry['time']}  {entry.get('kind', '')}: {entry.get('source', '')} ({entry.get('tokens', 0)} tokens)")
+    skipped = [e for e in manifest.get("audit", []) if "skipped" in e][-5:]
+    if skipped:
+        print("  not written:")
+        for entry in skipped:
+            print(f"      {entry['time']}  {entry.get('source', '')}: {entry['skipped']}")
+    return 0
+
+
+def export_store(workspace: Path, store: str, output: Path) -> int:
+    from .snapshots import write_snapshot
+
+    files = WorkspaceStore(workspace)
+    if not files.state_path.exists():
+        return _no_memory(files)
+    try:
+        states, fingerprint = files.read_states()
+    except StoreError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if store not in states:
+        print(f"no store {store!r}; the stores are {', '.join(states)}", file=sys.stderr)
+        return 2
+    tokens = files.read_manifest()["tokens"].get(store, 0)
+    write_snapshot(output, store, states[store], fingerprint, tokens)
+    print(f"exported {store} of {files.root} ({tokens} tokens) to {output}")
+    return 0
+
+
+def import_store(workspace: Path, snapshot: Path) -> int:
+    from .snapshots import read_snapshot
+
+    files = WorkspaceStore(workspace)
+    try:
+        store, tensor, theirs, tokens = read_snapshot(snapshot)
+    except StoreError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if not files.acquire():
+        return _ask_server(files, {"action": "import", "file": str(snapshot.resolve())})
+    try:
+        if files.state_path.exists():
+            states, mine = files.read_states()
+        else:
+            import torch
+
+            states, mine = {name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs
+        if theirs != mine:
+            print(
+                f"{snapshot} was made with another adapter or backbone ({theirs['backbone'].get('id')}, adapter "
+                f"{theirs['adapter_sha256'][:12]}) than this memory ({mine['backbone'].get('id')}, adapter "
+                f"{mine['adapter_sha256'][:12]}); not imported",
+                file=sys.stderr,
+            )
+            return 1
+        if store not in states or states[store].shape != tensor.shape:
+            print(f"{snapshot} holds store {store!r} of another shape; not imported", file=sys.stderr)
+            return 1
+        states[store] = tensor
+        manifest = files.read_manifest()
+        manifest.update(mine)
+        manifest["tokens"][store] = tokens
+        manifest["audit"].append({"time": now(), "store": store, "source": str(snapshot), "kind": "import", "tokens": tokens})
+        files.save_states(states, mine, manifest["tokens"])
+        files.write_manifest(manifest)
+        print(f"imported {store} ({tokens} tokens) into {files.root}")
+        return 0
+    except StoreError as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        files.release()

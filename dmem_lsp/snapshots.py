@@ -1,0 +1,41 @@
+"""Store snapshots: one store's state in a file, to move a teammate's memory between machines.
+
+A snapshot is a safetensors file holding the tensor ``state`` and, in its metadata, the
+store's name, the token count and the fingerprint (backbone, adapter sha256, config) of
+the memory it came from. Importing it into memory made with another adapter is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .store import StoreError, _atomic_write, _metadata
+
+__all__ = ["read_snapshot", "write_snapshot"]
+
+KIND = "dmem-lsp store snapshot"
+
+
+def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: dict[str, Any], tokens: int) -> None:
+    from safetensors.torch import save
+
+    metadata = {"kind": KIND, "store": store, "tokens": str(tokens), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
+    _atomic_write(path, save({"state": tensor.contiguous().float()}, metadata=metadata))
+
+
+def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
+    """(store, state, fingerprint, tokens); StoreError when it is not a snapshot."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+        state = load(data)["state"]
+        metadata = _metadata(data)
+        if metadata.get("kind") != KIND:
+            raise ValueError("not a dmem-lsp store snapshot")
+        return metadata["store"], state, json.loads(metadata["fingerprint"]), int(metadata.get("tokens", 0))
+    except (OSError, SafetensorError, KeyError, ValueError) as error:
+        raise StoreError(f"{path} cannot be imported: {error}") from error
