@@ -1,0 +1,293 @@
+"""Workspace memory in the real server: each source writes only its store, policy refusals,
+persistence across restarts, terminal resets, a second server, corrupt and foreign files.
+
+One workspace folder in a temp dir and XDG_DATA_HOME in another; the server is a real
+subprocess (pytest-lsp) with a tiny model, watching the folder with watchdog. Tests run
+in order and share the folder's memory, as a day of work would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import torch
+from lsprotocol import types
+from safetensors.torch import load_file
+
+from dmem_lsp.store import state_sha256
+from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_memory, wait_for_status
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+OPTIONS = {"completion": {"maxTokens": 4, "debounceMs": 0}, "memory": {"editDebounceMs": 0, "saveDebounceMs": 0}}
+APP = "def add(a, b):\n    return a + b\n"
+
+
+class Box:
+    """State shared by the module's tests: the workspace, the data home, the running client."""
+
+    client = None
+    workspace: Path
+    data: Path
+    args: list[str]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def box(talkative_model, talkative_adapter, tmp_path_factory):
+    box = Box()
+    box.workspace = tmp_path_factory.mktemp("project")
+    box.data = tmp_path_factory.mktemp("data")
+    w = box.workspace
+    (w / "pyproject.toml").write_text('[tool.ruff]\nline-length = 100\n')
+    (w / "README.md").write_text("# Project\nTests live in qa/. Use snake_case.\n")
+    (w / "CONTRIBUTING.md").write_bytes(b"binary\0\1\2 contributing")
+    (w / ".gitignore").write_text("*.log\ntools/\n")
+    (w / "tools").mkdir()
+    (w / "tools" / "pyproject.toml").write_text("[tool.black]\n")
+    (w / "src").mkdir()
+    (w / "src" / "app.py").write_text(APP)
+    (w / ".env").write_text("API_KEY=abc\n")
+    box.args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
+    box.client = await launch(box)
+    yield box
+    if box.client is not None:
+        await stop(box.client)
+
+
+async def launch(box: Box):
+    client, _ = await start(box.args, server_env(box.data), OPTIONS, [box.workspace])
+    status = await wait_for_status(client, "ready", "error")
+    assert status["state"] == "ready", status["message"]
+    await wait_for_memory(client, lambda e: e["event"] == "opened")
+    return client
+
+
+def uri(box: Box, relative: str) -> str:
+    return (box.workspace / relative).as_uri()
+
+
+async def command(client, name: str, *arguments):
+    params = types.ExecuteCommandParams(command=name, arguments=list(arguments))
+    return plain(await asyncio.wait_for(client.workspace_execute_command_async(params), TIMEOUT))
+
+
+async def status(client) -> dict:
+    (folder,) = (await command(client, "dmem.memoryStatus"))["folders"]
+    return folder
+
+
+def disk_states(folder: dict) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder["directory"]) / "state.safetensors"))
+
+
+def hashes(folder: dict) -> dict[str, str]:
+    return {store: info["sha256"] for store, info in folder["stores"].items()}
+
+
+async def written_then_saved(client, store: str, after: int) -> None:
+    written = await wait_for_memory(client, lambda e: e["event"] == "written" and e["store"] == store, after)
+    await wait_for_memory(client, lambda e: e["event"] == "saved", client.memory_events.index(written) + 1)
+
+
+def run_cli(box: Box, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_DATA_HOME": str(box.data)}
+    return subprocess.run(
+        [sys.executable, "-m", "dmem_lsp", *args], capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
+    )
+
+
+async def test_opening_learns_conventions_and_refuses_what_policy_forbids(box):
+    client = box.client
+    for source, reason in (("CONTRIBUTING.md", "binary"), ("tools/pyproject.toml", ".gitignore")):
+        skipped = await wait_for_memory(client, lambda e, s=source: e["event"] == "skipped" and e["source"] == s)
+        assert reason in skipped["reason"]
+    sources = {e["source"] for e in client.memory_events if e["event"] == "written"}
+    assert sources == {"README.md", "pyproject.toml"}
+    assert all(e["store"] == "conventions" for e in client.memory_events if e["event"] == "written")
+    await wait_for_memory(client, lambda e: e["event"] == "saved")
+    folder = await status(client)
+    assert folder["stores"]["conventions"]["tokens"] > 0
+    assert folder["stores"]["edits"]["tokens"] == folder["stores"]["debug"]["tokens"] == 0
+    on_disk = disk_states(folder)
+    assert {store: state_sha256(t) for store, t in on_disk.items()} == hashes(folder)
+    assert torch.count_nonzero(on_disk["conventions"]) and not torch.count_nonzero(on_disk["edits"])
+
+
+async def test_an_edit_in_the_editor_changes_only_edits(box):
+    client = box.client
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    app = uri(box, "src/app.py")
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=app, language_id="python", version=1, text=APP)))
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=app, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=APP + "\n\ndef sub(a, b):\n    return a - b\n")],
+    ))
+    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=app)))
+    await written_then_saved(client, "edits", after)
+    now = disk_states(await status(client))
+    assert not torch.equal(now["edits"], before["edits"])
+    assert torch.equal(now["conventions"], before["conventions"]) and torch.equal(now["debug"], before["debug"])
+
+
+async def test_a_convention_file_changed_on_disk_changes_only_conventions(box):
+    client = box.client
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    (box.workspace / "pyproject.toml").write_text('[tool.ruff]\nline-length = 88\nindent-width = 4\n')
+    await written_then_saved(client, "conventions", after)
+    now = disk_states(await status(client))
+    assert not torch.equal(now["conventions"], before["conventions"])
+    assert torch.equal(now["edits"], before["edits"]) and torch.equal(now["debug"], before["debug"])
+
+
+async def test_remembering_a_debug_step_changes_only_debug(box):
+    client = box.client
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    trace = "Traceback (most recent call last):\n  File 'src/app.py', line 2\nZeroDivisionError: division by zero"
+    result = await command(client, "dmem.rememberDebugStep", {"uri": uri(box, "src/app.py"), "text": trace, "kind": "stack trace"})
+    assert result["tokens"] > 0
+    await wait_for_memory(client, lambda e: e["event"] == "saved", after)
+    now = disk_states(await status(client))
+    assert not torch.equal(now["debug"], before["debug"])
+    assert torch.equal(now["edits"], before["edits"]) and torch.equal(now["conventions"], before["conventions"])
+
+
+async def test_secrets_ignored_files_and_binaries_never_change_any_state(box):
+    client = box.client
+    before = hashes(await status(client))
+    after = len(client.memory_events)
+    env = uri(box, ".env")
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=env, language_id="dotenv", version=1, text="API_KEY=abc\n")))
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=env, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text="API_KEY=abc\nTOKEN=x\n")],
+    ))
+    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=env)))
+    (box.workspace / "tools" / "pyproject.toml").write_text("[tool.black]\nline-length = 1\n")
+    (box.workspace / "CONTRIBUTING.md").write_bytes(b"still\0binary")
+    secret = "token = 'ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8'"
+    result = await command(client, "dmem.rememberDebugStep", secret)
+    assert result["tokens"] == 0
+    reasons = {}
+    for source in (".env", "tools/pyproject.toml", "CONTRIBUTING.md", "editor"):
+        event = await wait_for_memory(client, lambda e, s=source: e["event"] == "skipped" and e["source"] == s, after)
+        reasons[source] = event["reason"]
+    assert "secrets" in reasons[".env"] and ".gitignore" in reasons["tools/pyproject.toml"]
+    assert "binary" in reasons["CONTRIBUTING.md"] and "token" in reasons["editor"]
+    assert not [e for e in client.memory_events[after:] if e["event"] == "written"]
+    assert hashes(await status(client)) == before
+    audit = (await status(client))["skipped"]
+    assert any(entry["source"] == ".env" for entry in audit)
+
+
+async def test_a_reset_from_a_terminal_reaches_the_running_server(box):
+    client = box.client
+    before = hashes(await status(client))
+    assert before["edits"] != state_sha256(torch.zeros(2, 1, 8, 8))
+    result = await asyncio.to_thread(run_cli, box, "--reset-memory", "--store", "edits", "--workspace", str(box.workspace))
+    assert result.returncode == 0, result.stderr
+    assert "by the running server" in result.stdout
+    folder = await status(client)
+    now = hashes(folder)
+    assert now["edits"] == state_sha256(torch.zeros(2, 1, 8, 8)) and folder["stores"]["edits"]["tokens"] == 0
+    assert now["conventions"] == before["conventions"] and now["debug"] == before["debug"]
+    assert not torch.count_nonzero(disk_states(folder)["edits"])
+    report = await asyncio.to_thread(run_cli, box, "memory", "status", "--workspace", str(box.workspace))
+    assert report.returncode == 0 and "running: pid" in report.stdout and "conventions" in report.stdout
+
+
+async def test_a_second_server_opens_the_memory_read_only(box):
+    second = await launch(box)
+    try:
+        opened = [e for e in second.memory_events if e["event"] == "opened"]
+        assert opened[0]["readOnly"] is True
+        assert any("read-only" in m.message for m in second.messages)
+        assert hashes(await status(second)) == hashes(await status(box.client))
+        result = await command(second, "dmem.rememberDebugStep", "a step")
+        assert result["tokens"] == 0
+    finally:
+        await stop(second)
+
+
+async def test_a_restart_restores_every_state_bit_identically(box):
+    before = hashes(await status(box.client))
+    await stop(box.client)
+    box.client = None
+    box.client = await launch(box)
+    folder = await status(box.client)
+    assert hashes(folder) == before
+    assert not [e for e in box.client.memory_events if e["event"] == "written"]  # unchanged files are not written again
+    assert {store: state_sha256(t) for store, t in disk_states(folder).items()} == before
+
+
+async def test_folders_added_and_removed_at_run_time(box, tmp_path):
+    client = box.client
+    extra = tmp_path / "second"
+    extra.mkdir()
+    (extra / "setup.cfg").write_text("[flake8]\nmax-line-length = 99\n")
+    after = len(client.memory_events)
+    added = types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")], removed=[])
+    client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(event=added))
+    await wait_for_memory(client, lambda e: e["event"] == "written" and e["folder"] == extra.as_uri(), after)
+    folders = (await command(client, "dmem.memoryStatus"))["folders"]
+    assert {f["folder"] for f in folders} == {box.workspace.as_uri(), extra.as_uri()}
+    assert [f for f in folders if f["folder"] == box.workspace.as_uri()][0]["stores"]["conventions"]["tokens"] > 0
+    removed = types.WorkspaceFoldersChangeEvent(added=[], removed=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")])
+    after = len(client.memory_events)
+    client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(event=removed))
+    await wait_for_memory(client, lambda e: e["event"] == "saved" and e["folder"] == extra.as_uri(), after)
+    folders = (await command(client, "dmem.memoryStatus"))["folders"]
+    assert [f["folder"] for f in folders] == [box.workspace.as_uri()]
+
+
+async def test_export_and_import_refuse_another_adapter(box, tmp_path):
+    snapshot = tmp_path / "debug.safetensors"
+    result = await asyncio.to_thread(
+        run_cli, box, "memory", "export", "--store", "debug", "--output", str(snapshot), "--workspace", str(box.workspace)
+    )
+    assert result.returncode == 0, result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    imported = await asyncio.to_thread(run_cli, box, "memory", "import", str(snapshot), "--workspace", str(other))
+    assert imported.returncode == 0, imported.stderr
+    from dmem_lsp.snapshots import read_snapshot, write_snapshot
+
+    store, tensor, fingerprint, tokens = read_snapshot(snapshot)
+    forged = tmp_path / "forged.safetensors"
+    write_snapshot(forged, store, tensor, {**fingerprint, "adapter_sha256": "0" * 64}, tokens)
+    refused = await asyncio.to_thread(run_cli, box, "memory", "import", str(forged), "--workspace", str(box.workspace))
+    assert refused.returncode == 1 and "another adapter" in refused.stderr
+
+
+async def test_a_corrupt_state_file_is_kept_aside_and_memory_starts_empty(box):
+    folder = await status(box.client)
+    directory = Path(folder["directory"])
+    await stop(box.client)
+    box.client = None
+    (directory / "state.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    box.client = await launch(box)
+    assert any("cannot be read" in m.message for m in box.client.messages)
+    assert list(directory.glob("state.safetensors.corrupt-*"))
+    folder = await status(box.client)
+    assert folder["stores"]["edits"]["tokens"] == 0 and folder["stores"]["debug"]["tokens"] == 0
+
+
+async def test_memory_from_another_adapter_is_kept_aside(box):
+    await wait_for_memory(box.client, lambda e: e["event"] == "saved")
+    directory = Path((await status(box.client))["directory"])
+    await stop(box.client)
+    box.client = None
+    box.args = [*box.args[:2], "--adapter", "none", "--device", "cpu"]
+    box.client = await launch(box)
+    assert any("made with another" in m.message for m in box.client.messages)
+    assert list(directory.glob("state.safetensors.other-adapter-*"))
