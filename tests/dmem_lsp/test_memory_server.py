@@ -95,6 +95,12 @@ async def written_then_saved(client, store: str, after: int) -> None:
     await wait_for_memory(client, lambda e: e["event"] == "saved", client.memory_events.index(written) + 1)
 
 
+def assert_only_changed(before: dict, now: dict, store: str) -> None:
+    assert not torch.equal(now[store], before[store]), f"{store} did not change"
+    for other in set(before) - {store}:
+        assert torch.equal(now[other], before[other]), f"{other} changed too"
+
+
 def run_cli(box: Box, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "XDG_DATA_HOME": str(box.data)}
     return subprocess.run(
@@ -132,9 +138,7 @@ async def test_an_edit_in_the_editor_changes_only_edits(box):
     ))
     client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=app)))
     await written_then_saved(client, "edits", after)
-    now = disk_states(await status(client))
-    assert not torch.equal(now["edits"], before["edits"])
-    assert torch.equal(now["conventions"], before["conventions"]) and torch.equal(now["debug"], before["debug"])
+    assert_only_changed(before, disk_states(await status(client)), "edits")
 
 
 async def test_a_convention_file_changed_on_disk_changes_only_conventions(box):
@@ -143,9 +147,7 @@ async def test_a_convention_file_changed_on_disk_changes_only_conventions(box):
     after = len(client.memory_events)
     (box.workspace / "pyproject.toml").write_text('[tool.ruff]\nline-length = 88\nindent-width = 4\n')
     await written_then_saved(client, "conventions", after)
-    now = disk_states(await status(client))
-    assert not torch.equal(now["conventions"], before["conventions"])
-    assert torch.equal(now["edits"], before["edits"]) and torch.equal(now["debug"], before["debug"])
+    assert_only_changed(before, disk_states(await status(client)), "conventions")
 
 
 async def test_remembering_a_debug_step_changes_only_debug(box):
@@ -156,9 +158,39 @@ async def test_remembering_a_debug_step_changes_only_debug(box):
     result = await command(client, "dmem.rememberDebugStep", {"uri": uri(box, "src/app.py"), "text": trace, "kind": "stack trace"})
     assert result["tokens"] > 0
     await wait_for_memory(client, lambda e: e["event"] == "saved", after)
-    now = disk_states(await status(client))
-    assert not torch.equal(now["debug"], before["debug"])
-    assert torch.equal(now["edits"], before["edits"]) and torch.equal(now["conventions"], before["conventions"])
+    assert_only_changed(before, disk_states(await status(client)), "debug")
+
+
+async def test_accepted_completions_debug_notifications_and_editor_resets(box):
+    client = box.client
+    app = uri(box, "src/app.py")
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=app), position=types.Position(line=1, character=4),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+    )), TIMEOUT)
+    accept = result.items[0].command
+    assert accept.command == "dmem.acceptCompletion" and accept.arguments[0] == app
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    await command(client, accept.command, *accept.arguments)
+    written = await wait_for_memory(client, lambda e: e["event"] == "written", after)
+    assert (written["store"], written["kind"]) == ("edits", "accepted completion")
+    await wait_for_memory(client, lambda e: e["event"] == "saved", after)
+    assert_only_changed(before, disk_states(await status(client)), "edits")
+
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    client.protocol.notify("dmem/debugStep", {"uri": app, "text": "test_add FAILED: assert 3 == 4", "kind": "test failure"})
+    written = await wait_for_memory(client, lambda e: e["event"] == "written", after)
+    assert (written["store"], written["kind"]) == ("debug", "test failure")
+    await wait_for_memory(client, lambda e: e["event"] == "saved", after)
+    assert_only_changed(before, disk_states(await status(client)), "debug")
+
+    reset = await command(client, "dmem.resetMemory", "debug")
+    assert reset["stores"] == ["debug"]
+    folder = await status(client)
+    assert folder["stores"]["debug"]["tokens"] == 0 and not torch.count_nonzero(disk_states(folder)["debug"])
+    assert torch.count_nonzero(disk_states(folder)["edits"])
 
 
 async def test_secrets_ignored_files_and_binaries_never_change_any_state(box):
