@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from watchdog.observers import Observer
 
 from . import assist
 from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
-from .store import StoreError, WorkspaceStore, now, state_sha256
+from .store import StoreError, WorkspaceStore, _atomic_write, now, state_sha256
 from .worker import Priority
 
 if TYPE_CHECKING:
@@ -137,8 +138,8 @@ class Learner:
         memory = WorkspaceMemory(root, self.settings.max_file_bytes)
         files = memory.files
         memory.read_only = not files.acquire()
-        memory.manifest = files.read_manifest()
-        states, problem = files.load_states(engine.fingerprint)
+        memory.manifest = files.read_manifest() if not memory.read_only else _peek_manifest(files)
+        states, problem = files.load_states(engine.fingerprint, move_aside=not memory.read_only)
         if problem:
             self.server.show(types.MessageType.Warning, f"dmem-lsp: {problem}")
             memory.manifest.update(tokens={}, sources={})
@@ -469,8 +470,6 @@ class Learner:
 
     async def carry_out(self, memory: WorkspaceMemory, path: Path) -> None:
         """A request a terminal left in ``requests/`` (the CLI waits for the file to go)."""
-        import json
-
         try:
             request = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -491,8 +490,6 @@ class Learner:
                 raise StoreError(f"unknown request {request.get('action')!r}")
         except (StoreError, KeyError, ValueError) as error:
             result = {"ok": False, "message": str(error)}
-        from .store import _atomic_write
-
         _atomic_write(result_path, json.dumps(result).encode())
         path.unlink(missing_ok=True)
 
@@ -514,6 +511,18 @@ class Learner:
             "stores": stores,
             "skipped": [entry for entry in memory.manifest["audit"] if "skipped" in entry][-last:],
         }
+
+
+def _peek_manifest(files: WorkspaceStore) -> dict[str, Any]:
+    """The manifest as another server keeps it, without touching its files."""
+    try:
+        manifest = json.loads(files.manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    for key, empty in (("tokens", {}), ("sources", {}), ("audit", [])):
+        manifest.setdefault(key, empty)
+    return manifest
 
 
 def log_failure(task: asyncio.Task[Any]) -> None:

@@ -162,24 +162,28 @@ class WorkspaceStore:
             raise StoreError(f"{self.state_path} has no fingerprint of this format")
         return tensors, fingerprint
 
-    def load_states(self, fingerprint: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    def load_states(
+        self, fingerprint: dict[str, Any], move_aside: bool = True
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """(states, None); (None, None) when there are none yet; (None, what happened) when
-        the file was corrupt or made for another backbone or adapter (it is moved aside)."""
+        the file was corrupt or made for another backbone or adapter (then it is moved aside,
+        unless ``move_aside`` is false: a read-only opener leaves the owner's files alone)."""
         if not self.state_path.exists():
             return None, None
+
+        def aside(why: str) -> str:
+            return f"kept as {self.move_aside(self.state_path, why).name}" if move_aside else "left in place"
+
         try:
             states, theirs = self.read_states()
         except StoreError as error:
-            aside = self.move_aside(self.state_path, "corrupt")
-            return None, f"{error}; kept as {aside.name}, memory starts empty"
+            return None, f"{error}; {aside('corrupt')}, memory starts empty"
         differ = [key for key in ("backbone", "adapter_sha256", "config") if theirs.get(key) != fingerprint.get(key)]
         if differ:
-            aside = self.move_aside(self.state_path, "other-adapter")
-            detail = ", ".join(differ)
             return None, (
-                f"the saved memory of {self.root} was made with another {detail} "
+                f"the saved memory of {self.root} was made with another {', '.join(differ)} "
                 f"({theirs.get('backbone', {}).get('id')} / adapter {str(theirs.get('adapter_sha256'))[:12]}); "
-                f"kept as {aside.name}, memory starts empty"
+                f"{aside('other-adapter')}, memory starts empty"
             )
         return states, None
 
