@@ -149,6 +149,15 @@ async def test_a_convention_file_changed_on_disk_changes_only_conventions(box):
     await written_then_saved(client, "conventions", after)
     assert_only_changed(before, disk_states(await status(client)), "conventions")
 
+    # an atomic save (write a temporary file, rename it over) arrives as a move
+    before = disk_states(await status(client))
+    after = len(client.memory_events)
+    temporary = box.workspace / ".pyproject.toml.swp"
+    temporary.write_text('[tool.ruff]\nline-length = 79\n')
+    os.replace(temporary, box.workspace / "pyproject.toml")
+    await written_then_saved(client, "conventions", after)
+    assert_only_changed(before, disk_states(await status(client)), "conventions")
+
 
 async def test_remembering_a_debug_step_changes_only_debug(box):
     client = box.client
