@@ -197,14 +197,7 @@ def _fingerprint(mem: memory.Memory, model_id: str) -> dict:
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     config = mem.config.to_dict()
     config.pop("chunk_size", None)  # how the scan is computed, not what it computes
-    first = mem.layers[0]
-    backbone = {
-        "id": model_id,
-        "hidden_size": int(first.memory_q_proj.shape[1]),
-        "num_layers": len(mem.layers),
-        "q_proj_out": int(first.delta_q_proj.shape[0]),
-        "o_proj_out": int(first.delta_o_proj.shape[0]),
-    }
+    backbone = {"id": model_id, **memory.adapter_io.base_shapes(mem)}
     return {"backbone": backbone, "adapter_sha256": digest.hexdigest(), "config": config}
 
 

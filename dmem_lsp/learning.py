@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 
 from . import assist
 from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
-from .store import StoreError, WorkspaceStore, _atomic_write, now, state_sha256
+from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
 from .worker import Priority
 
 if TYPE_CHECKING:
@@ -144,9 +144,10 @@ class Learner:
             self.server.show(types.MessageType.Warning, f"dmem-lsp: {problem}")
             memory.manifest.update(tokens={}, sources={})
         if states is None:
-            shape = next(iter(engine.memory.states().values())).shape
             import torch
 
+            config = engine.memory.config
+            shape = (len(engine.memory.layers), config.state_heads, config.rank, config.rank)
             states = {store: torch.zeros(shape) for store in engine.memory.stores}
         memory.states = states
         memory.manifest.update(engine.fingerprint)
@@ -437,33 +438,22 @@ class Learner:
             memory.version += 1
 
         await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="reset").future)
-        for store in stores:
-            memory.manifest["tokens"][store] = 0
-            memory.manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": "reset"})
-        if "conventions" in stores:
-            memory.manifest["sources"] = {}
+        record_reset(memory.manifest, stores, source)
         await self.save(memory)
         self.notify(memory, "reset", stores=stores)
 
     async def import_store(self, memory: WorkspaceMemory, snapshot: Path, source: str) -> str:
-        from .snapshots import read_snapshot
+        from .snapshots import check_fingerprint, read_snapshot
 
         store, tensor, fingerprint, tokens = read_snapshot(snapshot)
-        mine = self.server.engine.fingerprint
-        if fingerprint != mine:
-            raise StoreError(
-                f"{snapshot} was made with another adapter or backbone "
-                f"({fingerprint.get('backbone', {}).get('id')}, adapter {str(fingerprint.get('adapter_sha256'))[:12]}) "
-                f"than this server's ({mine['backbone']['id']}, adapter {mine['adapter_sha256'][:12]})"
-            )
+        check_fingerprint(snapshot, fingerprint, self.server.engine.fingerprint, "this server's")
 
         def job(stop):
             memory.states = {**memory.states, store: tensor}
             memory.version += 1
 
         await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="import").future)
-        memory.manifest["tokens"][store] = tokens
-        memory.manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": "import", "tokens": tokens})
+        record_import(memory.manifest, store, tokens, source)
         await self.save(memory)
         self.notify(memory, "imported", store=store)
         return store

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .store import StoreError, WorkspaceStore, now, state_sha256
+from .store import StoreError, WorkspaceStore, record_import, record_reset, state_sha256
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
 
@@ -66,10 +66,7 @@ def reset_memory(workspace: Path, store: str | None) -> int:
 
         for name in stores:
             states[name] = torch.zeros_like(states[name])
-            manifest["tokens"][name] = 0
-            manifest["audit"].append({"time": now(), "store": name, "source": "dmem-lsp --reset-memory", "kind": "reset"})
-        if "conventions" in stores:
-            manifest["sources"] = {}
+        record_reset(manifest, stores, "dmem-lsp --reset-memory")
         files.save_states(states, fingerprint, manifest["tokens"])
         files.write_manifest(manifest)
         print(f"{files.root}: reset {', '.join(stores)}")
@@ -133,7 +130,7 @@ def export_store(workspace: Path, store: str, output: Path) -> int:
 
 
 def import_store(workspace: Path, snapshot: Path) -> int:
-    from .snapshots import read_snapshot
+    from .snapshots import check_fingerprint, read_snapshot
 
     files = WorkspaceStore(workspace)
     try:
@@ -150,22 +147,14 @@ def import_store(workspace: Path, snapshot: Path) -> int:
             import torch
 
             states, mine = {name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs
-        if theirs != mine:
-            print(
-                f"{snapshot} was made with another adapter or backbone ({theirs['backbone'].get('id')}, adapter "
-                f"{theirs['adapter_sha256'][:12]}) than this memory ({mine['backbone'].get('id')}, adapter "
-                f"{mine['adapter_sha256'][:12]}); not imported",
-                file=sys.stderr,
-            )
-            return 1
+        check_fingerprint(snapshot, theirs, mine, "this memory")
         if store not in states or states[store].shape != tensor.shape:
             print(f"{snapshot} holds store {store!r} of another shape; not imported", file=sys.stderr)
             return 1
         states[store] = tensor
         manifest = files.read_manifest()
         manifest.update(mine)
-        manifest["tokens"][store] = tokens
-        manifest["audit"].append({"time": now(), "store": store, "source": str(snapshot), "kind": "import", "tokens": tokens})
+        record_import(manifest, store, tokens, str(snapshot))
         files.save_states(states, mine, manifest["tokens"])
         files.write_manifest(manifest)
         print(f"imported {store} ({tokens} tokens) into {files.root}")

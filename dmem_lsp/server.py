@@ -68,8 +68,6 @@ class DmemServer(LanguageServer):
         self.worker = Worker()
         self.engine: Engine | None = None
         self.loaded_with: Settings | None = None
-        self.state = "starting"
-        self.state_message = ""
         self._engine_ready: asyncio.Future[Engine] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._latest: dict[str, asyncio.Task[Any]] = {}
@@ -115,7 +113,6 @@ class DmemServer(LanguageServer):
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
     def set_status(self, state: str, message: str = "") -> None:
-        self.state, self.state_message = state, message
         settings = self.loaded_with or self.settings
         self.protocol.notify(
             STATUS,

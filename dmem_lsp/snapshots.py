@@ -13,7 +13,7 @@ from typing import Any
 
 from .store import StoreError, _atomic_write, _metadata
 
-__all__ = ["read_snapshot", "write_snapshot"]
+__all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 
 KIND = "dmem-lsp store snapshot"
 
@@ -39,3 +39,13 @@ def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
         return metadata["store"], state, json.loads(metadata["fingerprint"]), int(metadata.get("tokens", 0))
     except (OSError, SafetensorError, KeyError, ValueError) as error:
         raise StoreError(f"{path} cannot be imported: {error}") from error
+
+
+def check_fingerprint(snapshot: Path, theirs: dict[str, Any], mine: dict[str, Any], whose: str) -> None:
+    """StoreError unless the snapshot was made with the same backbone, adapter and config."""
+    if theirs != mine:
+        raise StoreError(
+            f"{snapshot} was made with another adapter or backbone ({theirs.get('backbone', {}).get('id')}, adapter "
+            f"{str(theirs.get('adapter_sha256'))[:12]}) than {whose} ({mine.get('backbone', {}).get('id')}, adapter "
+            f"{str(mine.get('adapter_sha256'))[:12]}); not imported"
+        )

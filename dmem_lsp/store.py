@@ -30,7 +30,7 @@ from typing import Any
 import platformdirs
 
 __all__ = [
-    "AUDIT_LIMIT", "StoreError", "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
+    "AUDIT_LIMIT", "StoreError", "record_import", "record_reset", "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
 ]
 
 FORMAT_VERSION = 1
@@ -210,6 +210,20 @@ class WorkspaceStore:
         if not self.requests_dir.is_dir():
             return []
         return sorted(self.requests_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def record_reset(manifest: dict[str, Any], stores: list[str], source: str) -> None:
+    """Note in the manifest that ``stores`` were zeroed (resetting conventions forgets their files)."""
+    for store in stores:
+        manifest["tokens"][store] = 0
+        manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": "reset"})
+    if "conventions" in stores:
+        manifest["sources"] = {}
+
+
+def record_import(manifest: dict[str, Any], store: str, tokens: int, source: str) -> None:
+    manifest["tokens"][store] = tokens
+    manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": "import", "tokens": tokens})
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -33,6 +33,7 @@ __all__ = [
     "save_adapter",
     "load_adapter",
     "read_adapter",
+    "base_shapes",
     "AdapterError",
     "FORMAT_VERSION",
     "CONFIG_NAME",
@@ -56,7 +57,8 @@ class AdapterError(ValueError):
     """An adapter that cannot be used: missing, tampered, or made for another model."""
 
 
-def _base_shapes(memory: Memory) -> dict[str, Any]:
+def base_shapes(memory: Memory) -> dict[str, Any]:
+    """The backbone shapes an adapter is bound to: hidden size, layer count, q/o projection widths."""
     first = memory.layers[0]
     return {
         "hidden_size": first.memory_q_proj.shape[1],
@@ -102,7 +104,7 @@ def save_adapter(
             "id": base_model_id or getattr(model_config, "_name_or_path", None) or None,
             "revision": base_model_revision or getattr(model_config, "_commit_hash", None),
             "model_type": getattr(model_config, "model_type", None),
-            **_base_shapes(memory),
+            **base_shapes(memory),
         },
         "parameters": memory.num_trainable_parameters(),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
@@ -240,7 +242,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, **overrides: Any) ->
     memory = attach(model, config)
     base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else None
     if base is not None:
-        ours = _base_shapes(memory)
+        ours = base_shapes(memory)
         differ = [f"{k}: adapter {base.get(k)}, model {v}" for k, v in ours.items() if base.get(k) != v]
         if differ:
             memory.detach()
