@@ -13,12 +13,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS", "CLIENT_KEY"]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
 ENGINE_KEYS = ("model", "adapter", "device", "quantization")
 """The settings read once, when the model loads: changing them needs a restart."""
+CLIENT_KEY = "client"
+"""``dmem.client``: what an editor client keeps for itself (how to start the server,
+forwarding of diagnostics). It travels with the rest of the section and is ignored here."""
 
 
 def _setting(default: Any, *, minimum: int | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -153,6 +156,7 @@ def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
         raw = {}
     if not isinstance(raw, dict):
         return Settings(), [f"dmem: expected an object of settings, got {raw!r}; using the defaults"]
+    raw = {key: value for key, value in raw.items() if key != CLIENT_KEY}
     return _parse(Settings, raw, "dmem.", warnings), warnings
 
 

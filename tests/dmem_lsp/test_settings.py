@@ -59,3 +59,9 @@ def test_command_line_overrides_win_and_nested_objects_merge():
     merged = merge({"dmem": {"model": "a", "completion": {"maxTokens": 3}}}, {"model": "b", "completion": {"debounceMs": 5}})
     assert merged == {"model": "b", "completion": {"maxTokens": 3, "debounceMs": 5}}
     assert merge(None, {"device": "cpu"}) == {"device": "cpu"}
+
+
+def test_the_editor_clients_own_settings_are_ignored_quietly():
+    raw = {"dmem": {"model": "m", "client": {"serverPath": "/opt/dmem-lsp", "forwardDiagnostics": True}}}
+    settings, warnings = parse_settings(raw)
+    assert settings.model == "m" and warnings == []
