@@ -1,0 +1,39 @@
+-- dmem's user commands. They act on the dmem client attached to the current buffer,
+-- however it was started (vim.lsp.enable('dmem') or require('dmem').setup()).
+if vim.g.loaded_dmem then
+  return
+end
+vim.g.loaded_dmem = true
+
+local function commands()
+  return require('dmem.commands')
+end
+
+vim.api.nvim_create_user_command('DmemExplain', function(args)
+  commands().explain(args.line1, args.line2)
+end, { range = true, desc = 'dmem: explain the selected lines (markdown in a floating window)' })
+
+vim.api.nvim_create_user_command('DmemRemember', function(args)
+  commands().remember(args.line1, args.line2, args.args)
+end, { range = true, nargs = '*', desc = 'dmem: remember the selected lines (or the text given) as a debug step' })
+
+vim.api.nvim_create_user_command('DmemStatus', function()
+  commands().status()
+end, { desc = "dmem: the server's state and this workspace's memory" })
+
+vim.api.nvim_create_user_command('DmemResetMemory', function(args)
+  commands().reset(args.args ~= '' and args.args or nil, args.bang)
+end, {
+  nargs = '?',
+  bang = true,
+  complete = function()
+    return { 'conventions', 'debug', 'edits' }
+  end,
+  desc = "dmem: reset this workspace's memory (one store, or all); ! skips the question",
+})
+
+vim.cmd('highlight default link DmemGhost Comment')
+
+if vim.g.dmem and vim.g.dmem.forward_diagnostics then
+  require('dmem.forward').enable(true)
+end
