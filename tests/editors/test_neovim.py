@@ -9,6 +9,7 @@ commands run, and every wait is ``vim.wait`` on a condition, with a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -122,6 +123,7 @@ def workspace(tmp_path):
     return root
 
 
+@contextlib.contextmanager
 def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter):
     nvim_path = NEOVIMS[version]()
     home = tmp_path / "home"
@@ -135,15 +137,21 @@ def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatc
     init.write_text(_init_lua(how, cmd))
     monkeypatch.chdir(workspace)
     nvim = pynvim.attach("child", argv=[nvim_path, "--embed", "--headless", "-u", str(init), "-i", "NONE", "-n"])
-    return nvim, home / "XDG_DATA_HOME" / "dmem-lsp" / "workspaces"
+    try:
+        yield nvim, home / "XDG_DATA_HOME" / "dmem-lsp" / "workspaces"
+    finally:
+        try:
+            nvim.command("qa!")
+        except Exception:  # the editor is gone: that is what we asked for
+            pass
+        nvim.close()
 
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("version, how", [("0.11", "enable"), ("0.11", "setup"), ("0.7", "setup")])
 def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, expected):
-    nvim, memory_root = _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter)
-    editor = Editor(nvim)
-    try:
+    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter) as (nvim, memory_root):
+        editor = Editor(nvim)
         nvim.command(f"edit {workspace / 'main.py'}")
         editor.wait("#require('dmem.compat').clients(0) == 1", "the client to attach")
         editor.wait("require('dmem').status.state == 'ready'", "the model to load")
@@ -270,12 +278,6 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
         nvim.command("checkhealth dmem")
         report = "\n".join(nvim.current.buffer[:])
         assert "model ready" in report and "memory of" in report, report
-    finally:
-        try:
-            nvim.command("qa!")
-        except Exception:  # the editor is gone: that is what we asked for
-            pass
-        nvim.close()
 
 
 def test_the_help_file_has_its_tags_once_each(tmp_path):
@@ -289,3 +291,18 @@ def test_the_help_file_has_its_tags_once_each(tmp_path):
     assert run.returncode == 0 and "E154" not in run.stderr, run.stderr
     tags = {line.split("\t")[0] for line in (doc / "tags").read_text().splitlines()}
     assert {"dmem", ":DmemExplain", ":DmemResetMemory", "dmem.setup()", "dmem-settings"} <= tags
+
+
+@pytest.mark.timeout(200)
+def test_a_model_that_does_not_load_is_reported(workspace, tmp_path, monkeypatch, talkative_adapter):
+    missing = tmp_path / "no-such-model"
+    with _session("0.11", "setup", workspace, tmp_path, monkeypatch, missing, talkative_adapter) as (nvim, _):
+        editor = Editor(nvim)
+        nvim.command(f"edit {workspace / 'main.py'}")
+        editor.wait("require('dmem').status.state == 'error'", "the error status")
+        assert "--model" in editor.lua("return require('dmem').status.message")
+        nvim.command("DmemExplain")
+        editor.wait("vim.fn.execute('messages'):find('explain failed', 1, true) ~= nil", "the failed request's message")
+        nvim.command("checkhealth dmem")
+        report = "\n".join(nvim.current.buffer[:])
+        assert "the model did not load" in report and "dmem-lsp doctor" in report, report

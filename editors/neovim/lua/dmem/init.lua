@@ -31,6 +31,7 @@ M.defaults = {
 
 -- The options in force: setup()'s, else vim.g.dmem's, over the defaults.
 M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), vim.g.dmem or {})
+local set_up = false
 
 -- What the server last said: dmem/status, and tokens per store per folder (dmem/memory).
 M.status = { state = 'stopped', message = '' }
@@ -84,6 +85,9 @@ function M.root(path, markers)
 end
 
 function M.on_attach(client, bufnr)
+  if not set_up then -- vim.lsp.enable('dmem'): vim.g.dmem as it is now
+    M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), vim.g.dmem or {})
+  end
   if M.options.ghost.enabled then
     require('dmem.ghost').attach(client, bufnr, M.options.ghost)
   end
@@ -143,6 +147,7 @@ end
 ---Use this or vim.lsp.enable('dmem'), not both.
 function M.setup(opts)
   M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), vim.g.dmem or {}, opts or {})
+  set_up = true
   local options = M.options
   local group = vim.api.nvim_create_augroup('dmem.setup', { clear = true })
   vim.api.nvim_create_autocmd({ 'BufReadPost', 'BufNewFile', 'FileType' }, {
