@@ -1,4 +1,4 @@
-"""The ``dmem-lsp`` command line: serve over stdio (or TCP), or run ``doctor``.
+"""The ``dmem-lsp`` command line: serve over stdio (or TCP), or run ``doctor``, ``memory`` or ``adapter``.
 
 Nothing imported here loads torch: the server must answer ``initialize`` at once and
 load the model in the background. Logs go to stderr (stdout carries the protocol) and,
@@ -14,7 +14,7 @@ from typing import Any
 
 from pathlib import Path
 
-from . import __version__
+from . import __version__, adapter_cli
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 STORES = ("conventions", "debug", "edits")
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file", metavar="FILE")
     for sub in (memory.choices["status"], export, load):
         sub.add_argument("--workspace", dest="memory_workspace", metavar="PATH", help="the workspace folder")
+    adapter_cli.add_parser(commands)
     return parser
 
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(overrides_from(args))
+    if args.command == "adapter":
+        return adapter_cli.run(args)
     if args.reset_memory or args.command == "memory":
         from . import memory_cli
 

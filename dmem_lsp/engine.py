@@ -100,15 +100,25 @@ class Engine:
         """What saved memory states must have been made with: backbone, adapter sha256, config."""
 
     @classmethod
-    def load(cls, options: EngineOptions, progress: Callable[[str], None] = lambda message: None) -> "Engine":
-        """Load the model and its adapter; ``progress`` hears each stage as it starts."""
+    def load(
+        cls,
+        options: EngineOptions,
+        progress: Callable[[str], None] = lambda message: None,
+        device: torch.device | None = None,
+    ) -> "Engine":
+        """Load the model and its adapter; ``progress`` hears each stage as it starts.
+
+        ``device`` overrides ``options.device`` with one exact device (a training process
+        under ``accelerate launch`` loads onto its own GPU).
+        """
         progress("importing transformers")
         import transformers
 
         cuda = torch.cuda.is_available()
         if options.device == "cuda" and not cuda:
             raise EngineError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        device = torch.device("cuda" if options.device in ("auto", "cuda") and cuda else "cpu")
+        if device is None:
+            device = torch.device("cuda" if options.device in ("auto", "cuda") and cuda else "cpu")
         quantization = options.quantization or ("nf4" if device.type == "cuda" else "none")
         if quantization == "nf4":
             _check_bitsandbytes(device)

@@ -6,6 +6,9 @@
         model(input_ids=ids)          # a write pass
     model(input_ids=ids)              # a read-only pass: reads every store, changes none
 
+Training an adapter (episodes: write the history, then read the answer with it absent) is
+in ``memory.training``, its data in ``memory.episodes``; neither is imported here.
+
 Knows torch and transformers; never imports the language server.
 """
 

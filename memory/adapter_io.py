@@ -31,6 +31,8 @@ from .model import Memory, attach
 
 __all__ = [
     "save_adapter",
+    "write_adapter",
+    "shapes_of",
     "load_adapter",
     "read_adapter",
     "base_shapes",
@@ -91,28 +93,59 @@ def save_adapter(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save the adapter weights and config in our format; returns the directory."""
+    model_config = getattr(memory.model, "config", None)
+    base_model = {
+        "id": base_model_id or getattr(model_config, "_name_or_path", None) or None,
+        "revision": base_model_revision or getattr(model_config, "_commit_hash", None),
+        "model_type": getattr(model_config, "model_type", None),
+        **base_shapes(memory),
+    }
+    return write_adapter(path, memory.config, memory.adapter_state_dict(), base_model, extra)
+
+
+def write_adapter(
+    path: str | os.PathLike,
+    config: DeltaMemConfig,
+    tensors: dict[str, torch.Tensor],
+    base_model: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``tensors`` (named ``layers.{i}.{parameter}``, stored as float32) in our format.
+
+    ``base_model`` holds the backbone's id, revision, model type and shapes (``base_shapes``);
+    ``extra`` adds top-level keys to the config (a training summary). Returns the directory.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.cpu().contiguous() for name, t in memory.adapter_state_dict().items()}
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
     weights = safetensors.torch.save(tensors, metadata={"format": "dmem-lsp-adapter"})
     _atomic_write(path / WEIGHTS_NAME, weights)
-    model_config = getattr(memory.model, "config", None)
-    config = {
+    meta = {
         "format_version": FORMAT_VERSION,
-        "delta_mem": memory.config.to_dict(),
-        "base_model": {
-            "id": base_model_id or getattr(model_config, "_name_or_path", None) or None,
-            "revision": base_model_revision or getattr(model_config, "_commit_hash", None),
-            "model_type": getattr(model_config, "model_type", None),
-            **base_shapes(memory),
-        },
-        "parameters": memory.num_trainable_parameters(),
+        "delta_mem": config.to_dict(),
+        "base_model": base_model,
+        "parameters": sum(t.numel() for t in tensors.values()),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         **(extra or {}),
     }
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     _atomic_write(path / CONFIG_NAME, text.encode())
     return path
+
+
+def shapes_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The backbone shapes an adapter's tensors were made for (``base_shapes`` without a model)."""
+    try:
+        layers = sorted({int(name.split(".")[1]) for name in tensors})
+        first = f"layers.{layers[0]}."
+        return {
+            "hidden_size": int(tensors[first + "memory_q_proj"].shape[1]),
+            "num_layers": len(layers),
+            "q_proj_out": int(tensors[first + "delta_q_proj"].shape[0]),
+            "o_proj_out": int(tensors[first + "delta_o_proj"].shape[0]),
+        }
+    except (IndexError, KeyError, ValueError) as error:
+        raise AdapterError(f"the adapter's tensors are incomplete ({error!r})") from error
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:

@@ -251,6 +251,14 @@ class Memory:
         return torch.einsum("hij,bthj->bthi", S, q)
 
     def _q_correction(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+        if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
+            # bf16 autocast (training on CUDA) must not reach the state: memory runs in float32,
+            # and the wrapper casts the corrections to the model's dtype as it always does.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._corrections(layer, x)
+        return self._corrections(layer, x)
+
+    def _corrections(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
         if self._pass is None:
             o = self._read(self.stores, layer.index, layer.project_read(x)) if self._nonzero else None
         elif self.config.write == "token":

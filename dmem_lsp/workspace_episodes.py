@@ -1,0 +1,213 @@
+"""Training episodes from a git repository's history (``dmem-lsp adapter train --workspace``).
+
+An episode teaches what the server does at run time: remember the project, then complete
+code with the project absent from the prompt. For every later commit that changes a text
+file, and for each changed place in it (up to ``max_per_commit``):
+
+- history: the convention files as of the commit's parent (``policy.is_convention_file``),
+  then the diffs of the ``history_commits`` commits before it, written exactly as the server
+  writes them (``Project file <path>:`` and ``Edit to <path>:`` with a unified diff);
+- query: the completion prompt the server would build at that place in the file *before*
+  the change (``prompts.completion_prompt``: fill-in-the-middle when the tokenizer has it);
+- target: the lines the commit put there, then end-of-sequence.
+
+Every file passes the server's write policy first: ignored files (``.gitignore``,
+``.dmemignore``), secrets by name or content, binaries and oversized files never enter an
+episode. Git runs as a subprocess (``git log``, ``git show``, ``git ls-tree``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from memory.episodes import Episode, EpisodeError
+
+from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
+from .prompts import completion_prompt
+from .settings import CompletionSettings, MemorySettings
+
+__all__ = ["WorkspaceOptions", "workspace_episodes"]
+
+CONVENTION_DEPTH = 3
+"""Folder levels below the root searched for convention files (as the server does)."""
+
+
+@dataclass(frozen=True)
+class WorkspaceOptions:
+    max_commits: int = 200
+    """The most recent commits (first-parent) that are read."""
+    history_commits: int = 8
+    """Diffs of this many earlier commits go into an episode's history."""
+    max_per_commit: int = 8
+    """Episodes (changed places) taken from one commit at most."""
+    max_target_lines: int = 16
+    """Lines of a change used as its target at most."""
+    max_file_bytes: int = MemorySettings().max_file_bytes
+    """Files over this size are left out, as the server leaves them out."""
+    prefix_tokens: int = CompletionSettings().prefix_tokens
+    suffix_tokens: int = CompletionSettings().suffix_tokens
+
+    def __post_init__(self) -> None:
+        for name in ("max_commits", "history_commits", "max_per_commit", "max_target_lines", "max_file_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"WorkspaceOptions.{name}={getattr(self, name)!r}: must be a positive integer")
+
+
+@dataclass(frozen=True)
+class _Change:
+    path: str
+    old: str | None
+    new: str | None
+
+    @property
+    def diff(self) -> str:
+        old, new = (self.old or "").splitlines(True), (self.new or "").splitlines(True)
+        return "".join(difflib.unified_diff(old, new, self.path, self.path, n=2))
+
+
+class _Repository:
+    """Reads one repository through git, passing every file through the write policy."""
+
+    def __init__(self, path: Path, max_file_bytes: int) -> None:
+        self.root = Path(self._git(Path(path), "rev-parse", "--show-toplevel").decode().strip()).resolve()
+        self.policy = Policy(self.root, max_file_bytes)
+        self._blobs: dict[str, str | None] = {}
+        self._trees: dict[str, dict[str, str]] = {}
+
+    @staticmethod
+    def _git(where: Path, *args: str) -> bytes:
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(where), "-c", "core.quotepath=off", *args],
+                capture_output=True, check=False, timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise EpisodeError(f"cannot run git in {where}: {error}") from error
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip().splitlines()
+            raise EpisodeError(f"git {args[0]} failed in {where}: {message[-1] if message else result.returncode}")
+        return result.stdout
+
+    def git(self, *args: str) -> bytes:
+        return self._git(self.root, *args)
+
+    def commits(self, limit: int) -> list[str]:
+        """The last ``limit`` first-parent commits of HEAD, oldest first."""
+        return self.git("log", "--first-parent", "--format=%H", "-n", str(limit)).decode().split()[::-1]
+
+    def allowed(self, path: str) -> bool:
+        return self.policy.check_path(self.root / path) is None
+
+    def text(self, blob: str) -> str | None:
+        """A blob's text, or None when the policy refuses its content (binary, too big, secrets)."""
+        if blob not in self._blobs:
+            text, refusal = self.policy.check_text_bytes(self.git("cat-file", "blob", blob))
+            self._blobs[blob] = text if refusal is None else None
+        return self._blobs[blob]
+
+    def tree(self, commit: str) -> dict[str, str]:
+        """{path: blob} of every file in ``commit``."""
+        if commit in self._trees:
+            return self._trees[commit]
+        while len(self._trees) >= 3:  # commits are read in order: keep the last few trees only
+            self._trees.pop(next(iter(self._trees)))
+        entries = self._trees[commit] = {}
+        for entry in self.git("ls-tree", "-r", "-z", commit).split(b"\0"):
+            if entry:
+                meta, path = entry.decode(errors="replace").split("\t", 1)
+                if meta.split()[1] == "blob":
+                    entries[path] = meta.split()[2]
+        return entries
+
+    def changes(self, commit: str, parent: str | None) -> list[_Change]:
+        """The text files ``commit`` changed that the policy allows, old and new."""
+        names = self.git("diff-tree", "-r", "-z", "--no-commit-id", "--name-only", "--root", commit).split(b"\0")
+        before = self.tree(parent) if parent else {}
+        after = self.tree(commit)
+        changes = []
+        for path in (name.decode(errors="replace") for name in names if name):
+            if not self.allowed(path):
+                continue
+            old = self.text(before[path]) if path in before else None
+            new = self.text(after[path]) if path in after else None
+            if (path in before and old is None) or (path in after and new is None):
+                continue  # one side is refused: the file stays out of every episode
+            changes.append(_Change(path, old, new))
+        return changes
+
+    def conventions(self, commit: str) -> list[tuple[str, str]]:
+        """(path, text) of the convention files in ``commit``, shallow ones first."""
+        found = []
+        for path, blob in self.tree(commit).items():
+            relative = PurePosixPath(path)
+            if (
+                len(relative.parts) <= CONVENTION_DEPTH + 1
+                and not IGNORED_DIRECTORIES.intersection(relative.parts[:-1])
+                and is_convention_file(relative)
+                and self.allowed(path)
+            ):
+                text = self.text(blob)
+                if text is not None:
+                    found.append((path, text))
+        return sorted(found, key=lambda item: (len(PurePosixPath(item[0]).parts), item[0]))
+
+
+def _places(old: str, new: str, limit: int) -> list[tuple[str, str, str]]:
+    """(text before, text after, new lines) for every place where ``new`` adds or replaces lines."""
+    a, b = old.splitlines(True), new.splitlines(True)
+    places = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag in ("replace", "insert") and "".join(b[j1:j2]).strip():
+            places.append(("".join(a[:i1]), "".join(a[i2:]), "".join(b[j1 : j1 + limit])))
+    return places
+
+
+def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptions | None = None) -> list[Episode]:
+    """Episodes from the history of the git repository holding ``repo``."""
+    options = options or WorkspaceOptions()
+    repository = _Repository(Path(repo), options.max_file_bytes)
+    commits = repository.commits(options.max_commits)
+    if len(commits) < 2:
+        raise EpisodeError(f"{repository.root} has {len(commits)} commit(s); episodes need at least two")
+
+    def encode(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer.encode(text, add_special_tokens=False))
+
+    eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    diffs: list[list[tuple[int, ...]]] = []  # per commit: its diffs as history pieces
+    episodes: list[Episode] = []
+    for index, commit in enumerate(commits):
+        parent = commits[index - 1] if index else None
+        changes = repository.changes(commit, parent)
+        if parent is not None:
+            history = [encode(f"Project file {path}:\n{text}") for path, text in repository.conventions(parent)]
+            for pieces in diffs[-options.history_commits:]:
+                history.extend(pieces)
+            taken = 0
+            for change in changes:
+                if change.old is None or change.new is None or taken >= options.max_per_commit or not history:
+                    continue
+                for before, after, lines in _places(change.old, change.new, options.max_target_lines):
+                    if taken >= options.max_per_commit:
+                        break
+                    prompt = completion_prompt(tokenizer, before, after, options.prefix_tokens, options.suffix_tokens)
+                    episodes.append(
+                        Episode(
+                            history=tuple(history),
+                            query=tuple(prompt.input_ids),
+                            target=encode(lines) + eos,
+                            source=f"{commit[:10]} {change.path}",
+                        )
+                    )
+                    taken += 1
+        diffs.append([encode(f"Edit to {c.path}:\n{c.diff}") for c in changes if c.diff])
+    if not episodes:
+        raise EpisodeError(
+            f"no episodes in {repository.root}: it needs commits that change text files the write policy allows, "
+            "after an earlier commit or convention file to remember"
+        )
+    return episodes
