@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmem-lsp {__version__}")
     parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio (for debugging)")
+    parser.add_argument("--stdio", action="store_true", help="serve over stdio (the default; many clients pass it)")
     parser.add_argument("--host", default="127.0.0.1", help="TCP host (default %(default)s)")
     parser.add_argument("--port", type=int, default=2087, help="TCP port (default %(default)s)")
     parser.add_argument("--model", metavar="ID_OR_DIR", help=f"Hugging Face id or local directory (default {DEFAULT_MODEL})")

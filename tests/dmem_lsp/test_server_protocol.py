@@ -15,7 +15,9 @@ POSITION = {"line": 0, "character": 0}
 
 
 def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_path):
-    server = RawServer(["--model", str(talkative_model), "--adapter", "none"], server_env(tmp_path), ("-X", "importtime"))
+    # --stdio: the default, and accepted because many clients pass it
+    args = ["--stdio", "--model", str(talkative_model), "--adapter", "none"]
+    server = RawServer(args, server_env(tmp_path), ("-X", "importtime"))
     server.request(1, "initialize", {"capabilities": {}, "processId": None})
     result = server.response(1)["result"]
     capabilities = result["capabilities"]
