@@ -116,7 +116,9 @@ async def test_opening_learns_conventions_and_refuses_what_policy_forbids(box):
     sources = {e["source"] for e in client.memory_events if e["event"] == "written"}
     assert sources == {"README.md", "pyproject.toml"}
     assert all(e["store"] == "conventions" for e in client.memory_events if e["event"] == "written")
-    await wait_for_memory(client, lambda e: e["event"] == "saved")
+    # a save may come between the two files' writes: wait for the one after the last write
+    last_written = max(i for i, e in enumerate(client.memory_events) if e["event"] == "written")
+    await wait_for_memory(client, lambda e: e["event"] == "saved", last_written + 1)
     folder = await status(client)
     assert folder["stores"]["conventions"]["tokens"] > 0
     assert folder["stores"]["edits"]["tokens"] == folder["stores"]["debug"]["tokens"] == 0
