@@ -20,6 +20,7 @@ from typing import Any, Callable
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
 
+from dmem_lsp.prompts import completion_prompt, trim_suffix_overlap
 from dmem_lsp.protocol import as_json as plain  # the client side unwraps custom messages alike
 
 SERVER = [sys.executable, "-m", "dmem_lsp"]
@@ -189,3 +190,10 @@ async def wait_for_memory(client: LanguageClient, match: Callable[[dict[str, Any
             await client.memory_changed.wait()
 
     return await asyncio.wait_for(wait(), timeout)
+
+
+def expected_completion(engine, prefix, suffix, multiline, max_tokens=12):
+    prompt = completion_prompt(engine.tokenizer, prefix, suffix, 1536, 512)
+    stop = ["\n\n\n"] if multiline else ["\n"]
+    text = engine.generate(prompt.input_ids, max_new_tokens=max_tokens, stop=stop).text
+    return trim_suffix_overlap(text, suffix if multiline else suffix.split("\n", 1)[0])

@@ -16,8 +16,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
-from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_status
+from dmem_lsp.prompts import explain_prompt, is_multiline
+from tests.dmem_lsp.lsp import TIMEOUT, expected_completion, plain, server_env, start, stop, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -51,13 +51,6 @@ async def session(talkative_model, talkative_adapter, tmp_path_factory):
 
 def at(line: int, character: int) -> types.Position:
     return types.Position(line=line, character=character)
-
-
-def expected_completion(engine, prefix, suffix, multiline, max_tokens=12):
-    prompt = completion_prompt(engine.tokenizer, prefix, suffix, 1536, 512)
-    stop = ["\n\n\n"] if multiline else ["\n"]
-    text = engine.generate(prompt.input_ids, max_new_tokens=max_tokens, stop=stop).text
-    return trim_suffix_overlap(text, suffix if multiline else suffix.split("\n", 1)[0])
 
 
 def inline_params(uri, position, token=None, automatic=False):

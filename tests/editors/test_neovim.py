@@ -21,8 +21,7 @@ import pytest
 
 from dmem_lsp.engine import Engine, EngineOptions
 from dmem_lsp.prompts import is_multiline
-from tests.dmem_lsp.lsp import TIMEOUT
-from tests.dmem_lsp.test_server import expected_completion
+from tests.dmem_lsp.lsp import TIMEOUT, expected_completion
 
 pynvim = pytest.importorskip("pynvim")
 

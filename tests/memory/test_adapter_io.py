@@ -9,16 +9,9 @@ import pytest
 import torch
 
 import memory
-from memory.adapter_io import CONFIG_NAME, OFFICIAL_CONFIG_NAME, OFFICIAL_WEIGHTS_NAME, WEIGHTS_NAME
-from tests.memory.helpers import strengthen, token_ids
+from memory.adapter_io import CONFIG_NAME, OFFICIAL_WEIGHTS_NAME, WEIGHTS_NAME
+from tests.memory.helpers import strengthen, write_official, written_logits
 from tests.tiny_models import load_tiny_model
-
-
-def written_logits(model, mem, store="edits"):
-    with torch.no_grad():
-        with mem.writing(store=store):
-            model(input_ids=token_ids(1, 24, seed=1))
-        return model(input_ids=token_ids(1, 11, seed=2)).logits
 
 
 @pytest.fixture
@@ -28,35 +21,6 @@ def trained(model_dirs):
     mem = memory.attach(model, memory.DeltaMemConfig())
     strengthen(mem, seed=4)
     return model, mem
-
-
-def write_official(directory, mem, config=None, extra_tensors=None):
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"model.layers.{i}.self_attn.{name.split('.', 2)[2]}": t.clone().to(torch.bfloat16).float()
-        for name, t in mem.adapter_state_dict().items()
-        for i in [int(name.split(".")[1])]
-    }
-    for i, layer in enumerate(mem.layers):  # inactive with delta_heads = (q, o): zero, and ignored
-        tensors[f"model.layers.{i}.self_attn.delta_k_proj"] = torch.zeros(32, 8)
-        tensors[f"model.layers.{i}.self_attn.delta_v_proj"] = torch.zeros(32, 8)
-    tensors.update(extra_tensors or {})
-    torch.save(tensors, directory / OFFICIAL_WEIGHTS_NAME)
-    settings = {
-        "rank": 8,
-        "alpha": 16.0,
-        "num_state_heads": 1,
-        "memory_write_granularity": "token",
-        "couple_lambda": True,
-        "normalize_qk": True,
-        "state_update_mode": "standard",
-        "rankwise_gates": True,
-        "memory_readout_mode": "delta",
-        "delta_heads": ["q", "o"],
-        **(config or {}),
-    }
-    (directory / OFFICIAL_CONFIG_NAME).write_text(json.dumps(settings))
-    return directory
 
 
 def test_round_trip_is_bit_exact(model_dirs, trained, tmp_path):
