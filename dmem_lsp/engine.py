@@ -21,8 +21,9 @@ import torch
 import memory
 
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
+from .workspace_config import AdapterSource
 
-__all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
+__all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "LoadedAdapter", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name or bool(Path(name).drive)
 
 
-def _resolve_local(name: str, what: str, flag: str) -> str:
-    """A directory as is; a hub id through the local cache (downloads allowed unless offline)."""
+def _resolve_local(name: str, what: str, flag: str, revision: str | None = None) -> str:
+    """A directory as is; a hub id (at ``revision``) through the local cache (downloads allowed unless offline)."""
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.is_dir() and revision is None:
         return str(path)
     if _looks_like_path(name):
         raise EngineError(
@@ -74,21 +75,41 @@ def _resolve_local(name: str, what: str, flag: str) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name)
+        return snapshot_download(name, revision=revision)
     except Exception as error:  # offline, not found, no permission: the same advice
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        at = f" at revision {revision!r}" if revision else ""
         raise EngineError(
-            f"cannot find the {what} {name!r}"
+            f"cannot find the {what} {name!r}{at}"
             + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
             + f": pass a local directory with {flag} PATH, or download it once with network access. ({error})"
         ) from error
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """An adapter's weights, ready to be swapped into the attached δ-mem."""
+
+    source: AdapterSource | None
+    """Who named it; None: the adapter named by the settings (or a fresh one)."""
+    tensors: dict[str, torch.Tensor]
+    """On the model's device, named as ``Memory.adapter_state_dict``."""
+    fingerprint: dict
+    """What memory states written with it are bound to (``store`` checks it)."""
 
 
 class Engine:
     """A loaded model, its tokenizer and its δ-mem."""
 
     def __init__(
-        self, model, tokenizer, mem: memory.Memory, device: torch.device, quantization: str = "none", model_id: str = ""
+        self,
+        model,
+        tokenizer,
+        mem: memory.Memory,
+        device: torch.device,
+        quantization: str = "none",
+        model_id: str = "",
+        source: AdapterSource | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -96,8 +117,79 @@ class Engine:
         self.device = device
         self.quantization = quantization
         """nf4 or none: what the backbone's linear layers hold."""
-        self.fingerprint = _fingerprint(mem, model_id)
-        """What saved memory states must have been made with: backbone, adapter sha256, config."""
+        self.model_id = model_id
+        self.default_adapter: AdapterSource | None = None
+        """The settings' adapter, for folders that name none (None: a fresh one)."""
+        self.refused: dict[tuple, str] = {}
+        """Adapters that could not be loaded, and why (asked again, they are refused again)."""
+        self._fresh: dict[str, torch.Tensor] | None = None
+        attached = LoadedAdapter(source, _clone(mem.adapter_state_dict()), _fingerprint(mem, model_id))
+        self._adapters: dict[tuple | None, LoadedAdapter] = {_key(source): attached}
+        self.active = attached
+        """The adapter whose weights δ-mem holds now."""
+
+    @property
+    def fingerprint(self) -> dict:
+        """What memory states written now are bound to: backbone, adapter sha256, config."""
+        return self.active.fingerprint
+
+    def adapter(self, source: AdapterSource | None) -> LoadedAdapter:
+        """The adapter ``source`` names (None: the settings' one), loaded once. Worker only.
+
+        It must fit the backbone and have the attached δ-mem's configuration (rank, heads,
+        write strategy), since its weights are swapped into the same layers; otherwise
+        ``EngineError`` names both.
+        """
+        if source is None:
+            source = self.default_adapter
+        key = _key(source)
+        if key in self._adapters:
+            return self._adapters[key]
+        if key in self.refused:
+            raise EngineError(self.refused[key])
+        try:
+            loaded = self._load_adapter(source)
+        except EngineError as error:
+            self.refused[key] = str(error)
+            raise
+        self._adapters[key] = loaded
+        return loaded
+
+    def use(self, adapter: LoadedAdapter) -> None:
+        """Give δ-mem ``adapter``'s weights (a copy into the same parameters). Worker only."""
+        if adapter is not self.active:
+            self.memory.load_adapter_state_dict(adapter.tensors)
+            self.active = adapter
+
+    def _load_adapter(self, source: AdapterSource | None) -> LoadedAdapter:
+        if source is None:  # the settings say none: the fresh adapter every start attaches
+            if self._fresh is None:
+                raise EngineError(
+                    "no fresh adapter is available: this server attached another adapter's configuration first"
+                )
+            return LoadedAdapter(None, self._fresh, self._fingerprint_of(self._fresh))
+        directory = _resolve_adapter(source)
+        try:
+            config, tensors, meta = memory.read_adapter(directory)
+            _check_backbone(source, meta, memory.adapter_io.shapes_of(tensors), self.memory, self.model_id)
+        except memory.AdapterError as error:
+            raise EngineError(f"{error} (named by {source.origin})") from error
+        ours, theirs = _comparable(self.memory.config), _comparable(config)
+        if ours != theirs:
+            differ = ", ".join(f"{k} {theirs.get(k)!r} (loaded: {ours.get(k)!r})" for k in ours if ours.get(k) != theirs.get(k))
+            raise EngineError(
+                f"the adapter {source} (named by {source.origin}) has another δ-mem configuration than the one "
+                f"this server attached first: {differ}. Open this folder in its own editor window, or train "
+                "the adapter with the same configuration"
+            )
+        own = self.memory.adapter_state_dict()
+        if set(tensors) != set(own) or any(tuple(tensors[n].shape) != tuple(own[n].shape) for n in own):
+            raise EngineError(f"the adapter {source} (named by {source.origin}) does not fit {self.model_id}")
+        tensors = {name: tensors[name].to(own[name].device, torch.float32) for name in own}
+        return LoadedAdapter(source, tensors, self._fingerprint_of(tensors))
+
+    def _fingerprint_of(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {**_fingerprint(self.memory, self.model_id), "adapter_sha256": _tensors_sha256(tensors)}
 
     @classmethod
     def load(
@@ -105,11 +197,14 @@ class Engine:
         options: EngineOptions,
         progress: Callable[[str], None] = lambda message: None,
         device: torch.device | None = None,
+        prefer: AdapterSource | None = None,
     ) -> "Engine":
         """Load the model and its adapter; ``progress`` hears each stage as it starts.
 
         ``device`` overrides ``options.device`` with one exact device (a training process
-        under ``accelerate launch`` loads onto its own GPU).
+        under ``accelerate launch`` loads onto its own GPU). ``prefer`` is an adapter a
+        workspace names: attached first, so its configuration is the one loaded; if it
+        cannot be used, that is kept in ``refused`` and the settings' adapter is attached.
         """
         progress("importing transformers")
         import transformers
@@ -145,13 +240,33 @@ class Engine:
             model.to(device)
         model.eval()
         progress("attaching δ-mem")
+        default = None if options.adapter is None else AdapterSource(options.adapter)
+        fresh, refused = None, {}
         try:
             if options.adapter is None:
                 with torch.random.fork_rng(devices=[]):  # the same fresh adapter every start
                     torch.manual_seed(0)
                     mem = memory.attach(model, memory.DeltaMemConfig())
-            else:
-                mem = memory.load_adapter(model, _resolve_local(options.adapter, "adapter", "--adapter"))
+                fresh = _clone(mem.adapter_state_dict())
+            if prefer is not None:
+                try:
+                    if options.adapter is None:
+                        mem.detach()
+                    mem = _attach_named(model, prefer, options.model)
+                    attached = prefer
+                except (EngineError, memory.AdapterError) as error:
+                    message = f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
+                    refused[_key(prefer)] = message
+                    log.warning("%s", message)
+                    if options.adapter is None:
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(0)
+                            mem = memory.attach(model, memory.DeltaMemConfig())
+                    prefer = None
+            if prefer is None:
+                attached = default
+                if default is not None:
+                    mem = _attach_named(model, default, options.model)
         except memory.AttachError as error:
             raise EngineError(
                 f"δ-mem cannot attach to {options.model}: {error}. Use a model of a supported architecture "
@@ -160,7 +275,9 @@ class Engine:
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
-        return cls(model, tokenizer, mem, device, quantization, options.model)
+        engine = cls(model, tokenizer, mem, device, quantization, options.model, attached)
+        engine.default_adapter, engine._fresh, engine.refused = default, fresh, refused
+        return engine
 
     def generate(
         self,
@@ -201,14 +318,87 @@ class Engine:
 
 
 def _fingerprint(mem: memory.Memory, model_id: str) -> dict:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(mem.adapter_state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     config = mem.config.to_dict()
     config.pop("chunk_size", None)  # how the scan is computed, not what it computes
     backbone = {"id": model_id, **memory.adapter_io.base_shapes(mem)}
-    return {"backbone": backbone, "adapter_sha256": digest.hexdigest(), "config": config}
+    return {"backbone": backbone, "adapter_sha256": _tensors_sha256(mem.adapter_state_dict()), "config": config}
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _clone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+
+def _key(source: AdapterSource | None) -> tuple | None:
+    return None if source is None else source.key
+
+
+def _comparable(config: memory.DeltaMemConfig) -> dict:
+    """What two adapters must share to swap weights in the same layers."""
+    data = config.to_dict()
+    for runtime in ("chunk_size", "stores"):
+        data.pop(runtime, None)
+    return data
+
+
+def _resolve_adapter(source: AdapterSource) -> str:
+    flag = "--adapter" if source.origin == AdapterSource("").origin else f"[adapter] in {source.origin}"
+    return _resolve_local(source.name, "adapter", flag, source.revision)
+
+
+def _attach_named(model, source: AdapterSource, model_id: str) -> memory.Memory:
+    """Attach δ-mem with the adapter ``source`` names, refusing one built for another backbone."""
+    directory = _resolve_adapter(source)
+    _config, tensors, meta = memory.read_adapter(directory)
+    _check_backbone(source, meta, memory.adapter_io.shapes_of(tensors), None, model_id, model)
+    return memory.load_adapter(model, directory)
+
+
+def _check_backbone(
+    source: AdapterSource, meta: dict, shapes: dict, mem: memory.Memory | None, model_id: str, model=None
+) -> None:
+    """Refuse an adapter built for another backbone, naming the adapter's backbone and ours.
+
+    Shapes decide (hidden size, layers, projection widths). Two different hub ids decide
+    too: same-shaped models (a base and an instruct model) still differ in their weights.
+    """
+    base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else {}
+    theirs = base.get("id") or "an unnamed backbone"
+    if mem is not None:
+        ours = memory.adapter_io.base_shapes(mem)
+    else:
+        ours = _model_shapes(model)
+    differ = [f"{k}: adapter {shapes.get(k)}, model {v}" for k, v in ours.items() if shapes.get(k) != v]
+    both_hub_ids = base.get("id") and not _looks_like_path(str(base["id"])) and not _looks_like_path(model_id)
+    if both_hub_ids and base["id"] != model_id:
+        differ.insert(0, "another model id")
+    if differ:
+        raise memory.AdapterError(
+            f"the adapter {source} was built for {theirs}, but this server runs {model_id} (" + "; ".join(differ) + ")"
+        )
+
+
+def _model_shapes(model) -> dict:
+    """``base_shapes`` of a model δ-mem is not attached to yet."""
+    blocks = [
+        m for m in model.modules()
+        if isinstance(getattr(m, "q_proj", None), torch.nn.Module) and isinstance(getattr(m, "o_proj", None), torch.nn.Module)
+    ]
+    if not blocks:
+        return {}
+    return {
+        "hidden_size": blocks[0].q_proj.in_features,
+        "num_layers": len(blocks),
+        "q_proj_out": blocks[0].q_proj.out_features,
+        "o_proj_out": blocks[0].o_proj.out_features,
+    }
 
 
 def _check_bitsandbytes(device: torch.device) -> None:

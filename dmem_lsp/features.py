@@ -256,9 +256,11 @@ async def accept_completion(ls: DmemServer, uri: str, text: str) -> None:
     await ls.learner.accepted(uri, text)
 
 
-def _folders(ls: DmemServer, folder: str | None) -> list:
+def _folders(ls: DmemServer, folder: Any) -> list:
     if folder is None:
         return list(ls.learner.folders.values())
+    if not isinstance(folder, str):
+        raise JsonRpcInvalidParams(f"expected a folder URI, got {folder!r}")
     memory = ls.learner.folder_for(folder)
     if memory is None:
         raise JsonRpcInvalidParams(f"{folder} is not in an open workspace folder")
@@ -283,7 +285,11 @@ async def reset_memory(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
 
 
 async def memory_status(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
-    """Arguments ``[]`` or ``[folderUri]``."""
+    """Arguments ``[]``, ``[folderUri]`` or ``[{folder?}]``."""
     await ls.wait_for_engine()
     folder = as_json(arguments[0]) if arguments else None
+    if isinstance(folder, dict):
+        folder = folder.get("folder")
+    if folder is not None and not isinstance(folder, str):
+        raise JsonRpcInvalidParams(f"{STATUS_COMMAND}: expected a folder URI, got {folder!r}")
     return {"folders": [ls.learner.status(memory) for memory in _folders(ls, folder)]}

@@ -4,7 +4,7 @@ One ``WorkspaceMemory`` per workspace folder holds that folder's states (float32
 CPU), its files (``store.WorkspaceStore``) and its write policy. The ``Learner`` owns them
 all and turns events into write passes on the inference worker:
 
-- ``conventions``: convention files (``policy.is_convention_file``) when a folder opens and
+- ``conventions``: convention files (``Policy.is_convention``) when a folder opens and
   when one changes on disk (a watchdog observer; atomic saves arrive as moves);
 - ``edits``: the user's changes as unified diffs, debounced and coalesced per document,
   and accepted completions;
@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from lsprotocol import types
 from pygls.uris import to_fs_path
@@ -36,19 +36,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import assist
-from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
+from .policy import IGNORED_DIRECTORIES, Policy, Refusal
 from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
+from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
 from .worker import Priority
 
 if TYPE_CHECKING:
+    from .engine import LoadedAdapter
     from .server import DmemServer
+    from .settings import MemorySettings
 
 __all__ = ["Learner", "WorkspaceMemory", "MEMORY_EVENT", "looks_like_an_error"]
 
 log = logging.getLogger(__name__)
 
 MEMORY_EVENT = "dmem/memory"
-"""Notification: ``{folder, event: opened|written|skipped|saved|reset|imported, store?, source?, ...}``."""
+"""Notification: ``{folder, event: opened|refused|written|skipped|saved|reset|imported, store?, source?, ...}``."""
 
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b|FAILED|panicked at", re.I)
 CONVENTION_DEPTH = 3
@@ -60,13 +63,20 @@ def looks_like_an_error(text: str) -> bool:
 
 
 class WorkspaceMemory:
-    """One workspace folder's memory: states, files, policy and editor snapshots."""
+    """One workspace folder's memory: states, files, policy, adapter and editor snapshots."""
 
-    def __init__(self, root: Path, max_file_bytes: int) -> None:
+    def __init__(
+        self, root: Path, config: WorkspaceConfig, adapter: "LoadedAdapter", user: "Callable[[], MemorySettings]"
+    ) -> None:
         self.root = root.resolve()
         self.uri = self.root.as_uri()
+        self.config = config
+        """The folder's ``.dmem/config.toml`` (empty when it has none)."""
+        self.adapter = adapter
+        """The adapter this folder's states are written and read with."""
+        self._user = user
         self.files = WorkspaceStore(self.root)
-        self.policy = Policy(self.root, max_file_bytes)
+        self.policy = Policy(self.root, self.settings.max_file_bytes, config.ignore, config.conventions)
         self.states: dict[str, Any] = {}
         """{store: float32 [layers, heads, rank, rank]}; replaced (never changed in place) by worker jobs."""
         self.version = 0
@@ -77,6 +87,15 @@ class WorkspaceMemory:
         """Text per open document as of its last write (edits are diffs against it)."""
         self._save: asyncio.TimerHandle | None = None
         self.watches: list[Any] = []
+
+    @property
+    def settings(self) -> "MemorySettings":
+        """The editor's memory settings with the folder's config laid over them."""
+        return self.config.memory_settings(self._user())
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.adapter.fingerprint
 
     def relative(self, path: Path) -> str:
         relative = self.policy.relative(path)
@@ -111,6 +130,8 @@ class Learner:
         self._edits: dict[str, asyncio.TimerHandle] = {}
         self._disk: dict[Path, asyncio.TimerHandle] = {}
         self._requests: set[Path] = set()
+        self.refused: dict[Path, str] = {}
+        """Folders that got no memory, and why (their config or adapter cannot be used)."""
 
     @property
     def settings(self):
@@ -129,17 +150,32 @@ class Learner:
                 best = memory
         return best
 
-    async def open(self, root: Path) -> WorkspaceMemory | None:
+    async def open(self, root: Path, snapshots: dict[str, str] | None = None) -> WorkspaceMemory | None:
         root = root.resolve()
         if root in self.folders or not root.is_dir():
             return self.folders.get(root)
         self.loop = asyncio.get_running_loop()
         engine = self.server.engine
-        memory = WorkspaceMemory(root, self.settings.max_file_bytes)
+        try:
+            config, warnings = read_workspace_config(root, engine.memory.stores)
+        except WorkspaceConfigError as error:
+            self.refuse(root, str(error))
+            return None
+        for warning in warnings:
+            self.server.show(types.MessageType.Warning, f"dmem-lsp: {warning}")
+        try:
+            job = self.server.worker.submit(lambda stop: engine.adapter(config.adapter), priority=Priority.REQUEST)
+            adapter = await asyncio.wrap_future(job.future)
+        except Exception as error:  # EngineError: not found, another backbone, another configuration
+            self.refuse(root, str(error))
+            return None
+        self.refused.pop(root, None)
+        memory = WorkspaceMemory(root, config, adapter, lambda: self.settings)
+        memory.snapshots.update(snapshots or {})
         files = memory.files
         memory.read_only = not files.acquire()
         memory.manifest = files.read_manifest() if not memory.read_only else _peek_manifest(files)
-        states, problem = files.load_states(engine.fingerprint, move_aside=not memory.read_only)
+        states, problem = files.load_states(memory.fingerprint, move_aside=not memory.read_only)
         if problem:
             self.server.show(types.MessageType.Warning, f"dmem-lsp: {problem}")
             memory.manifest.update(tokens={}, sources={})
@@ -150,7 +186,7 @@ class Learner:
             shape = (len(engine.memory.layers), config.state_heads, config.rank, config.rank)
             states = {store: torch.zeros(shape) for store in engine.memory.stores}
         memory.states = states
-        memory.manifest.update(engine.fingerprint)
+        memory.manifest.update(memory.fingerprint)
         self.folders[root] = memory
         if memory.read_only:
             self.server.show(
@@ -165,9 +201,23 @@ class Learner:
         if not memory.read_only:
             for request in files.pending_requests():
                 await self.carry_out(memory, request)
-            if self.settings.enabled:
+            if memory.settings.enabled:
                 await self.learn_conventions(memory)
         return memory
+
+    def refuse(self, root: Path, reason: str) -> None:
+        """The folder gets no memory (reads see zero state, nothing is written or saved)."""
+        self.refused[root] = reason
+        self.server.show(types.MessageType.Error, f"dmem-lsp: no memory for {root}: {reason}")
+        self.server.protocol.notify(MEMORY_EVENT, {"folder": root.as_uri(), "event": "refused", "reason": reason, "tokens": {}})
+
+    async def reopen(self, memory: WorkspaceMemory) -> None:
+        """Close and open a folder again (its ``.dmem/config.toml`` changed)."""
+        if self.folders.get(memory.root) is not memory:
+            return
+        await self.close(memory.root)
+        # open documents' next edits are still diffs against what was last written
+        await self.open(memory.root, snapshots=memory.snapshots)
 
     async def close(self, root: Path) -> None:
         memory = self.folders.pop(root.resolve(), None)
@@ -202,10 +252,12 @@ class Learner:
         key = (memory, memory.version if memory else 0)
         if self.active == key:
             return
+        engine = self.server.engine
         if memory is None:
-            self.server.engine.memory.reset()
+            engine.memory.reset()  # zero state: whichever adapter is in, the model reads nothing
         else:
-            self.server.engine.memory.load_states(memory.states)
+            engine.use(memory.adapter)
+            engine.memory.load_states(memory.states)
         self.active = key
 
     # -- writing --------------------------------------------------------------------------
@@ -227,12 +279,15 @@ class Learner:
         if memory.read_only:
             self.skip(memory, source, kind, f"read-only: the memory is in use by another dmem-lsp ({memory.files.holder()})")
             return 0
+        if not memory.config.writes(store):
+            self.skip(memory, source, kind, f"{CONFIG_PATH.as_posix()} turns off writes to {store}")
+            return 0
         engine = await self.server.wait_for_engine()
         worker = self.server.worker
         ids = await asyncio.wrap_future(
             worker.submit(lambda stop: assist.tokenize_for_write(engine, text, limit), priority=Priority.WRITE).future
         )
-        chunk = self.settings.write_chunk_tokens
+        chunk = memory.settings.write_chunk_tokens
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
 
@@ -254,7 +309,7 @@ class Learner:
             return
         if memory._save is not None:
             memory._save.cancel()
-        delay = self.settings.save_debounce_ms / 1000
+        delay = memory.settings.save_debounce_ms / 1000
         memory._save = self.loop.call_later(delay, lambda: asyncio.ensure_future(self.save(memory)))
 
     async def save(self, memory: WorkspaceMemory) -> None:
@@ -265,7 +320,7 @@ class Learner:
             memory._save = None
         states, manifest = memory.states, memory.manifest
         tokens = dict(manifest["tokens"])
-        fingerprint = self.server.engine.fingerprint
+        fingerprint = memory.fingerprint
 
         def save() -> None:
             memory.files.save_states(states, fingerprint, tokens)
@@ -281,7 +336,9 @@ class Learner:
         for folder, directories, files in os.walk(memory.root):
             depth = len(Path(folder).relative_to(memory.root).parts)
             directories[:] = sorted(d for d in directories if d not in IGNORED_DIRECTORIES and depth < CONVENTION_DEPTH)
-            found.extend(Path(folder) / name for name in sorted(files) if is_convention_file(Path(name)))
+            found.extend(
+                Path(folder) / name for name in sorted(files) if memory.policy.is_convention(memory.policy.relative(Path(folder) / name))
+            )
         return sorted(found, key=lambda p: (len(p.relative_to(memory.root).parts), str(p)))
 
     async def learn_conventions(self, memory: WorkspaceMemory) -> None:
@@ -289,7 +346,7 @@ class Learner:
         files = self.convention_files(memory)
         if not files:
             return
-        budget = self.settings.convention_tokens
+        budget = memory.settings.convention_tokens
         token = await self.server.begin_progress("dmem: learning the project's conventions", str(memory.root))
         try:
             for path in files:
@@ -304,6 +361,8 @@ class Learner:
     async def learn_convention(self, memory: WorkspaceMemory, path: Path, budget: int | None = None) -> int:
         source = memory.relative(path)
         text, refusal = memory.policy.check_file(path)
+        if refusal is None and not memory.config.writes("conventions"):
+            refusal = Refusal(f"{CONFIG_PATH.as_posix()} turns off writes to conventions")
         if refusal is not None:
             self.skip(memory, source, "convention", refusal.reason)
             return 0
@@ -311,7 +370,7 @@ class Learner:
         if memory.manifest["sources"].get(source) == digest:
             return 0
         memory.manifest["sources"][source] = digest
-        limit = min(self.settings.convention_file_tokens, budget if budget is not None else 1 << 30)
+        limit = min(memory.settings.convention_file_tokens, budget if budget is not None else 1 << 30)
         return await self.write(memory, "conventions", f"Project file {source}:\n{text}", source, "convention", limit)
 
     # -- files changed on disk ------------------------------------------------------------
@@ -341,7 +400,11 @@ class Learner:
             memory.policy.reload()
             return
         relative = memory.policy.relative(path)
-        if relative is None or not is_convention_file(relative) or not path.is_file() or not self.settings.enabled:
+        if relative is not None and relative.as_posix() == CONFIG_PATH.as_posix():
+            log.info("%s changed: opening %s again", CONFIG_PATH, memory.root)
+            await self.reopen(memory)
+            return
+        if relative is None or not memory.policy.is_convention(relative) or not path.is_file() or not memory.settings.enabled:
             return
         await self.learn_convention(memory, path)
 
@@ -359,7 +422,7 @@ class Learner:
         handle = self._edits.pop(uri, None)
         if handle is not None:
             handle.cancel()
-        delay = self.settings.edit_debounce_ms / 1000
+        delay = memory.settings.edit_debounce_ms / 1000
         self._edits[uri] = self.loop.call_later(delay, lambda: self._spawn(self.flush_edit(uri)))
 
     async def flush_edit(self, uri: str, closing: bool = False) -> None:
@@ -379,7 +442,7 @@ class Learner:
         memory.snapshots[uri] = new
         if closing:
             memory.snapshots.pop(uri, None)
-        if old is None or old == new or not self.settings.enabled:
+        if old is None or old == new or not memory.settings.enabled:
             return
         path = Path(to_fs_path(uri) or "")
         source = memory.relative(path)
@@ -394,7 +457,7 @@ class Learner:
 
     async def accepted(self, uri: str, text: str) -> None:
         memory = self.folder_for(uri)
-        if memory is None or not self.settings.enabled:
+        if memory is None or not memory.settings.enabled:
             return
         path = Path(to_fs_path(uri) or "")
         source = memory.relative(path)
@@ -410,7 +473,7 @@ class Learner:
 
     async def debug_step(self, uri: str | None, text: str, kind: str) -> int:
         memory = self.folder_for(uri) if uri else next(iter(self.folders.values()), None)
-        if memory is None or not self.settings.enabled:
+        if memory is None or not memory.settings.enabled:
             return 0
         source = memory.relative(Path(to_fs_path(uri) or "")) if uri else "editor"
         if uri:
@@ -446,7 +509,7 @@ class Learner:
         from .snapshots import check_fingerprint, read_snapshot
 
         store, tensor, fingerprint, tokens = read_snapshot(snapshot)
-        check_fingerprint(snapshot, fingerprint, self.server.engine.fingerprint, "this server's")
+        check_fingerprint(snapshot, fingerprint, memory.fingerprint, "this folder's")
 
         def job(stop):
             memory.states = {**memory.states, store: tensor}
@@ -497,6 +560,8 @@ class Learner:
             "folder": memory.uri,
             "directory": str(files.dir),
             "readOnly": memory.read_only,
+            "adapter": str(memory.adapter.source or "a fresh adapter (--adapter none)"),
+            "config": str(memory.config.path) if memory.config.path else None,
             "fileBytes": files.state_path.stat().st_size if files.state_path.exists() else 0,
             "stores": stores,
             "skipped": [entry for entry in memory.manifest["audit"] if "skipped" in entry][-last:],

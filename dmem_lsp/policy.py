@@ -90,10 +90,19 @@ def is_convention_file(relative: PurePosixPath) -> bool:
 class Policy:
     """The write policy for one workspace folder."""
 
-    def __init__(self, root: Path, max_file_bytes: int) -> None:
+    def __init__(
+        self, root: Path, max_file_bytes: int, ignore: tuple[str, ...] = (), conventions: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.ignore = tuple(ignore)
+        """More gitignore patterns (a workspace's ``.dmem/config.toml``), as if in ``.dmemignore``."""
         self._spec: pathspec.PathSpec | None = None
+        self._conventions = pathspec.PathSpec.from_lines("gitwildmatch", conventions)
+
+    def is_convention(self, relative: PurePosixPath) -> bool:
+        """A convention file by its name, or one the workspace's config names."""
+        return is_convention_file(relative) or self._conventions.match_file(str(relative))
 
     def reload(self) -> None:
         """Forget the ignore files read so far (one of them changed)."""
@@ -101,7 +110,7 @@ class Policy:
 
     def _ignores(self) -> pathspec.PathSpec:
         if self._spec is None:
-            lines: list[str] = []
+            lines: list[str] = list(self.ignore)
             for ignore in [self.root / ".dmemignore", *sorted(self.root.rglob(".gitignore"))]:
                 parts = ignore.relative_to(self.root).parts
                 if any(part in IGNORED_DIRECTORIES for part in parts[:-1]) or not ignore.is_file():
@@ -136,7 +145,7 @@ class Policy:
         if relative.name in (".gitignore", ".dmemignore"):
             return Refusal("an ignore file")
         if self._ignores().match_file(str(relative)):
-            return Refusal("ignored by .gitignore or .dmemignore")
+            return Refusal("ignored by .gitignore, .dmemignore or .dmem/config.toml")
         return None
 
     def check_file(self, path: Path) -> tuple[str | None, Refusal | None]:

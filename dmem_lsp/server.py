@@ -28,6 +28,7 @@ from .learning import Learner
 from .protocol import DmemProtocol, QuietExpectedErrors, as_json
 from .settings import ENGINE_KEYS, Settings, merge, parse_settings
 from .worker import Priority, Worker
+from .workspace_config import AdapterSource, WorkspaceConfigError, read_workspace_config
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -149,10 +150,12 @@ class DmemServer(LanguageServer):
             log.info("loading: %s", message)
             loop.call_soon_threadsafe(self.report_progress, token, message)
 
+        prefer = self.preferred_adapter()
+
         def load(should_stop: Callable[[], bool]) -> Engine:
             from .engine import Engine  # imports torch: only ever on the worker
 
-            return Engine.load(settings.engine_options(), progress=report)
+            return Engine.load(settings.engine_options(), progress=report, prefer=prefer)
 
         job = self.worker.submit(load, priority=Priority.LOAD, name="load")
         try:
@@ -172,6 +175,18 @@ class DmemServer(LanguageServer):
         self.set_status("ready", f"{settings.model} on {engine.device}")
         for root in self.workspace_roots():
             await self.open_folder(root)
+
+    def preferred_adapter(self) -> AdapterSource | None:
+        """The adapter the first folder's ``.dmem/config.toml`` names: attached first, so a team's
+        adapter loads even when its δ-mem configuration differs from the settings' adapter."""
+        for root in self.workspace_roots():
+            try:
+                config, _ = read_workspace_config(root)
+            except WorkspaceConfigError:
+                continue  # said when the folder opens
+            if config.adapter is not None:
+                return config.adapter
+        return None
 
     def workspace_roots(self) -> list[Path]:
         uris = [folder.uri for folder in self.workspace.folders.values()] or [self.workspace.root_uri]

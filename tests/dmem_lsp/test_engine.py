@@ -86,3 +86,50 @@ def test_errors_say_what_to_do(model_dirs, engine, tmp_path, monkeypatch):
             Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=None, device="cuda"))
     with pytest.raises(ValueError, match="quantization"):
         EngineOptions(quantization="int3")
+
+
+def test_workspace_adapters_swap_in_and_refuse_what_cannot_swap(model_dirs, tmp_path):
+    from dmem_lsp.workspace_config import AdapterSource
+    from tests.tiny_models import load_tiny_model
+
+    model = str(model_dirs["qwen3"])
+
+    def adapter_dir(name, config, seed, architecture="qwen3"):
+        mem = memory.attach(load_tiny_model(model_dirs[architecture]), config)
+        strengthen(mem, seed=seed)
+        return AdapterSource(str(memory.save_adapter(mem, tmp_path / name)), origin=f"{name}'s config")
+
+    msw = adapter_dir("msw", memory.DeltaMemConfig(state_heads=4), 1)
+    tsw = adapter_dir("tsw", memory.DeltaMemConfig(), 2)
+    foreign = adapter_dir("foreign", memory.DeltaMemConfig(), 3, architecture="smollm3")
+
+    # a workspace's adapter is attached first: its configuration is the one loaded
+    engine = Engine.load(EngineOptions(model=model, adapter=tsw.name, device="cpu"), prefer=msw)
+    assert engine.memory.config.state_heads == 4 and engine.active.source == msw
+    with pytest.raises(EngineError, match=r"another δ-mem configuration.*state_heads 1 \(loaded: 4\)"):
+        engine.adapter(None)  # the settings' TSW adapter cannot swap into MSW layers
+    with pytest.raises(EngineError, match="another δ-mem configuration"):
+        engine.adapter(None)  # refused again, from memory
+
+    # one that cannot be used falls back to the settings' adapter, and stays refused
+    engine = Engine.load(EngineOptions(model=model, adapter=None, device="cpu"), prefer=foreign)
+    assert engine.active.source is None and engine.memory.config.state_heads == 1
+    with pytest.raises(EngineError, match=r"built for .*smollm3.*but this server runs .*num_layers.*foreign's config"):
+        engine.adapter(foreign)
+    fresh = Engine.load(EngineOptions(model=model, adapter=None, device="cpu"))
+    assert engine.fingerprint == fresh.fingerprint  # the same fresh adapter as a plain start
+
+    # a compatible one swaps in, and back
+    loaded = engine.adapter(tsw)
+    assert engine.adapter(tsw) is loaded and loaded.fingerprint["adapter_sha256"] != engine.fingerprint["adapter_sha256"]
+    prompt = engine.tokenizer.encode("def f(x):\n", add_special_tokens=False)
+    states = {"conventions": torch.randn(2, 1, 8, 8) * 0.5}
+    engine.memory.load_states(states)
+    plain_text = engine.generate(prompt, max_new_tokens=8).text
+    engine.use(loaded)
+    assert engine.fingerprint is loaded.fingerprint
+    reference = Engine.load(EngineOptions(model=model, adapter=tsw.name, device="cpu"))
+    reference.memory.load_states(states)
+    assert engine.generate(prompt, max_new_tokens=8).text == reference.generate(prompt, max_new_tokens=8).text
+    engine.use(engine.adapter(None))
+    assert engine.generate(prompt, max_new_tokens=8).text == plain_text
