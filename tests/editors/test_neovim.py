@@ -271,6 +271,7 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
             "(function() for _, w in ipairs(vim.api.nvim_list_wins()) do"
             " if vim.api.nvim_win_get_config(w).relative ~= '' then"
             " return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n'):find('edits: 0 tokens', 1, true) ~= nil"
+            " and table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n'):find('- adapter: `', 1, true) ~= nil"
             " end end end)()",
             "the status window",
         )

@@ -17,6 +17,7 @@ export function memoryMarkdown({ folders }: MemoryStatus): string {
       '',
       `Kept in \`${f.directory}\` (${(f.fileBytes / 1024).toFixed(1)} KiB)${f.readOnly ? ', **read-only**: another dmem-lsp holds it' : ''}.`,
       '',
+      ...(f.adapter ? [`Adapter: \`${f.adapter}\`${f.config ? ` (from \`${f.config}\`)` : ''}.`, ''] : []),
       '| store | tokens | state sha256 |',
       '|---|---:|---|',
       ...Object.entries(f.stores).map(([store, s]) => `| ${store} | ${s.tokens} | \`${s.sha256.slice(0, 12)}\` |`),

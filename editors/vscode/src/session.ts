@@ -22,6 +22,9 @@ export interface MemoryStatus {
     directory: string;
     readOnly: boolean;
     fileBytes: number;
+    /** The adapter the folder's memory is made with, and the `.dmem/config.toml` naming it (if any). */
+    adapter?: string;
+    config?: string | null;
     stores: Record<string, { tokens: number; sha256: string; lastWrites: Record<string, unknown>[] }>;
     skipped: Record<string, unknown>[];
   }[];

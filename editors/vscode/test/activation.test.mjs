@@ -135,6 +135,7 @@ test('the bundled extension activates, starts the server through the language cl
     await within(vscode.commands.executeCommand('dmem.showMemoryStatus'), 'memory status');
     assert.match(shown(), /# dmem memory/);
     assert.match(shown(), /\| debug \| [1-9]/);
+    assert.match(shown(), /Adapter: `[^`]+`/); // the folder's adapter (no .dmem/config.toml here)
 
     recorder.answers.warning = 'Reset'; // confirm the modal question
     recorder.answers.quickPick = (items) => items.find((item) => item.label === 'debug');

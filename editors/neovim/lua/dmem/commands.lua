@@ -83,6 +83,10 @@ function M.status_lines(status, answer)
     table.insert(lines, '')
     table.insert(lines, '## ' .. vim.uri_to_fname(folder.folder) .. (folder.readOnly and ' (read-only)' or ''))
     table.insert(lines, string.format('- on disk: `%s` (%d bytes)', folder.directory, folder.fileBytes or 0))
+    if folder.adapter then
+      local config = folder.config ~= vim.NIL and folder.config or nil
+      table.insert(lines, string.format('- adapter: `%s`%s', folder.adapter, config and (' (from `' .. config .. '`)') or ''))
+    end
     for _, store in ipairs(M.STORES) do
       local info = folder.stores and folder.stores[store]
       if info then
