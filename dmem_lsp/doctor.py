@@ -2,7 +2,8 @@
 
 Prints versions, whether torch sees CUDA and whether bitsandbytes can run NF4 there,
 where the model and adapter would be loaded from (without downloading anything), and
-where workspace memory is kept, followed by hints for what looks wrong. Writes to
+where workspace memory is kept, the ``.dmem/config.toml`` of the current directory (or
+the nearest folder above it), followed by hints for what looks wrong. Writes to
 stdout; it is a terminal command, not the server.
 """
 
@@ -29,21 +30,52 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _where(name: str) -> tuple[str, bool]:
+def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
     """(where ``name`` would load from, whether it is there without a download)."""
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.is_dir() and revision is None:
         return f"local directory {path.resolve()}", True
     if path.exists() or name.startswith((".", "/", "~")):
         return f"{name} (not a directory)", False
     try:
         from huggingface_hub import snapshot_download
 
-        return f"Hugging Face cache {snapshot_download(name, local_files_only=True)}", True
+        return f"Hugging Face cache {snapshot_download(name, revision=revision, local_files_only=True)}", True
     except Exception:
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        return f"Hugging Face id {name}: not in the cache ({HF_HUB_CACHE}); it downloads on first start", False
+        at = f" at {revision}" if revision else ""
+        return f"Hugging Face id {name}{at}: not in the cache ({HF_HUB_CACHE}); it downloads on first start", False
+
+
+def _workspace_config(lines: list[str], hints: list[str]) -> None:
+    """The ``.dmem/config.toml`` of the current directory or the nearest folder above it."""
+    from .workspace_config import CONFIG_PATH, WorkspaceConfigError, read_workspace_config
+
+    here = Path.cwd()
+    root = next((folder for folder in (here, *here.parents) if (folder / CONFIG_PATH).is_file()), None)
+    if root is None:
+        lines.append(f"workspace config: none ({CONFIG_PATH} in {here} or above)")
+        return
+    try:
+        config, warnings = read_workspace_config(root)
+    except WorkspaceConfigError as error:
+        lines.append(f"workspace config {root / CONFIG_PATH}: unusable")
+        hints.append(f"{error}; until it is fixed that folder gets no memory")
+        return
+    lines.append(f"workspace config {config.path}")
+    if config.adapter is not None:
+        where, present = _where(config.adapter.name, config.adapter.revision)
+        lines.append(f"  adapter {config.adapter}: {where}")
+        if not present:
+            hints.append(f"the adapter {config.path} names is not available offline: start once with network access")
+    for name, value in (("memory", config.memory), ("stores", config.stores)):
+        if value:
+            lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+    for name, value in (("ignore", config.ignore), ("conventions", config.conventions)):
+        if value:
+            lines.append(f"  policy {name}: " + ", ".join(value))
+    hints.extend(warnings)
 
 
 def run_doctor(overrides: dict[str, Any]) -> int:
@@ -96,6 +128,7 @@ def run_doctor(overrides: dict[str, Any]) -> int:
             hints.append("the adapter is not available offline: pass a directory with --adapter, or --adapter none")
     lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
     lines.append(f"workspace memory: {memory_root()}")
+    _workspace_config(lines, hints)
     print("\n".join(lines))
     if hints:
         print("\nhints:\n" + "\n".join(f"- {hint}" for hint in hints))

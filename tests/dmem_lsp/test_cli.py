@@ -38,15 +38,32 @@ def test_a_bad_flag_is_refused_by_name():
 
 def test_doctor_says_where_things_are(model_dirs, tmp_path):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
-    found = run("--model", str(model_dirs["qwen3"]), "--adapter", "none", "doctor", env=env)
+    found = run("--model", str(model_dirs["qwen3"]), "--adapter", "none", "doctor", env=env, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     for expected in ("dmem-lsp", "torch", "transformers", "bitsandbytes", "CUDA", "would run on: cpu"):
         assert expected in found.stdout
     assert f"local directory {model_dirs['qwen3']}" in found.stdout
     assert str(tmp_path / "data" / "dmem-lsp" / "workspaces") in found.stdout
-    assert "hints" not in found.stdout
-    missing = run("--model", "nobody/no-such-model", "doctor", env=env)
+    assert "hints" not in found.stdout and "workspace config: none" in found.stdout
+    missing = run("--model", "nobody/no-such-model", "doctor", env=env, cwd=tmp_path)
     assert "not in the cache" in missing.stdout and "--model" in missing.stdout.split("hints:")[1]
+
+
+def test_doctor_shows_the_workspace_config(tmp_path):
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    project = tmp_path / "project"
+    (project / ".dmem").mkdir(parents=True)
+    (project / "src").mkdir()
+    config = project / ".dmem" / "config.toml"
+    config.write_text('[adapter]\nrepo = "acme/adapter"\nrevision = "v2"\n[stores]\nedits = false\n[memory]\nenabled = 3\n')
+    shown = run("--adapter", "none", "doctor", env=env, cwd=project / "src").stdout  # found from a subfolder
+    assert f"workspace config {config}" in shown and "adapter acme/adapter@v2: Hugging Face id acme/adapter at v2: not in the cache" in shown
+    assert "stores: edits=False" in shown
+    hints = shown.split("hints:")[1]
+    assert "not available offline" in hints and "enabled expected true or false" in hints
+    config.write_text('[adapter]\npath = "../../elsewhere"\n')
+    shown = run("--adapter", "none", "doctor", env=env, cwd=project).stdout
+    assert "unusable" in shown and "leads outside the repository" in shown.split("hints:")[1]
 
 
 def test_starting_does_not_import_torch():
