@@ -41,6 +41,7 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
     server.feature(types.INITIALIZE)(initialize)
     server.feature(types.INITIALIZED)(initialized)
     server.feature(types.SHUTDOWN)(shutdown)
+    server.feature(types.EXIT)(exit_now)
     server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(inline_completion)
     server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
@@ -72,6 +73,20 @@ def initialized(ls: DmemServer, params: types.InitializedParams) -> None:
 
 async def shutdown(ls: DmemServer, params: None) -> None:
     await ls.close()
+
+
+async def exit_now(ls: DmemServer, params: None) -> None:
+    """``exit``: leave at once, with 0 after ``shutdown`` and 1 without (as LSP says).
+
+    ``shutdown`` has saved every folder's memory; without it, it is saved now. Then the
+    process ends without the interpreter's teardown, which unloads torch for seconds
+    (clients kill a server that lingers 2 s after ``exit``) and cancels tasks whose
+    messages can no longer be written.
+    """
+    shut_down = ls.protocol._shutdown
+    if not shut_down:
+        await ls.close()
+    ls.exit_process(0 if shut_down else 1)
 
 
 async def did_change_configuration(ls: DmemServer, params: types.DidChangeConfigurationParams) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -313,6 +315,16 @@ class DmemServer(LanguageServer):
             self.protocol.answer_parse_error(error)
             return
         super().report_server_error(error, source)
+
+    def exit_process(self, code: int) -> None:
+        """End the process now: flush what was written (the protocol, the logs), skip teardown."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # the client already closed the pipe
+        logging.shutdown()
+        os._exit(code)
 
     async def close(self) -> None:
         """Stop what runs, save every folder's memory and let go of its lock."""

@@ -80,3 +80,29 @@ def test_bad_input_gets_an_error_response_and_a_failed_load_is_explained(tmp_pat
     error = server.response(8)["error"]
     assert error["code"] == -32803 and "--model" in error["message"]
     assert server.close() == 0
+
+
+def test_exit_without_shutdown_saves_the_memory_and_exits_1(talkative_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dmem_lsp.store import workspace_dir
+
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    server = RawServer(["--model", str(talkative_model), "--adapter", "none", "--device", "cpu"], server_env(tmp_path / "data"))
+    try:
+        options = {"memory": {"saveDebounceMs": 600_000}}  # nothing is saved on its own during the test
+        server.request(1, "initialize", {"capabilities": {}, "rootUri": workspace.as_uri(), "initializationOptions": options})
+        server.response(1)
+        server.notify("initialized", {})
+        _, before = server.wait_for(lambda m: m.get("method") == "dmem/memory" and m["params"]["event"] == "written")
+        assert not [m for m in before if m.get("method") == "dmem/memory" and m["params"]["event"] == "saved"]
+        server.notify("exit")
+        assert server.process.wait(timeout=60) == 1  # LSP: exit without shutdown is an error exit
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    states = load_file(str(workspace_dir(workspace) / "state.safetensors"))
+    assert states["conventions"].any() and not states["edits"].any()
