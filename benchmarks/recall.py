@@ -1,0 +1,817 @@
+"""Recall from δ-mem with the history absent: the paper's no-context setting, small and on CPU.
+
+The language. A synthetic "project conventions" language: 24 keys in four families
+(numbers, naming styles, directories, tools); the keys of a family draw their values from
+the family's one shared value set, so knowing which values appeared in a history says
+nothing about which key holds which value. Facts ("indent = 4", "# convention : tests_dir
+= qa/", "linter : ruff") sit in file-like history text among distractor lines: code
+(``x = 3`` assigns a value token to a non-key), comments that name a key without a value,
+diff hunks, file headers, imports of tool names. Half the episodes re-assign one or more
+keys later in the history; the latest value is the answer. A query is ``ask <key> =`` and
+the answer is one token. Every word is one token id (no tokenizer).
+
+The run, all in one process unless said otherwise:
+
+1. a tiny Qwen3 (built from ``transformers.Qwen3Config``, random init, nothing downloaded)
+   is trained with the ordinary next-token loss on every token of ``history + queries with
+   answers`` until it looks facts up in context ((c) ≥ 0.95 at K = 6 on validation
+   episodes), then frozen and saved with ``save_pretrained``;
+2. δ-mem is attached with ``memory.attach`` (the product's code) and trained in episode
+   mode: zero the state, write the history (a write pass), read every query of the episode
+   with the history absent (a read-only pass), cross-entropy on the answers. Only δ-mem's
+   parameters train (``memory.training.freeze_backbone``); the backbone is checked
+   bit-identical afterwards. TSW, SSW (one segment per history line) and MSW (4 state heads)
+   are trained with the same budget;
+3. held-out episodes (never seen in training or early stopping) give the table: (a) the
+   frozen backbone with the query alone; (b) δ-mem with the history only in memory, for
+   K = 1, 2, 4, 8, 16 facts; (b-overwrite) the re-assigned keys; binding-only (queries whose
+   episode holds another key of the same family with another value); (c) the backbone with
+   the history in context; (b′) the headline adapter and the written states saved (adapter
+   with ``memory.save_adapter``, states with the product's ``WorkspaceStore.save_states``),
+   reloaded in a fresh Python process and evaluated again; the controls zero state and
+   another episode's state, which must stay at chance.
+
+Re-run (about 12 minutes on a 2-core CPU; ``--quick`` is a smoke run of a few seconds):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/recall.py [--seed 0] [--threads 2] [--out DIR]
+
+Progress goes to stderr, the table to stdout. Results are deterministic for a given seed and
+thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import memory  # noqa: E402
+from memory.training import freeze_backbone  # noqa: E402
+
+log = logging.getLogger("recall")
+
+# ----------------------------------------------------------------------------- the language
+
+FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "number": (
+        ("indent", "tab_width", "max_args", "max_depth", "retries", "workers"),
+        ("1", "2", "3", "4", "5", "6", "7", "8"),
+    ),
+    "naming": (
+        ("naming_functions", "naming_classes", "naming_constants", "naming_files", "naming_variables",
+         "naming_modules"),
+        ("snake_case", "camelCase", "PascalCase", "kebab-case", "UPPER_CASE", "flatcase"),
+    ),
+    "path": (
+        ("tests_dir", "docs_dir", "source_dir", "build_dir", "scripts_dir", "fixtures_dir"),
+        ("qa/", "tests/", "spec/", "src/", "lib/", "docs/", "build/", "tools/"),
+    ),
+    "tool": (
+        ("formatter", "linter", "type_checker", "test_runner", "import_sorter", "doc_builder"),
+        ("black", "ruff", "mypy", "pytest", "isort", "sphinx"),
+    ),
+}
+SPECIALS = ("<pad>", "<bos>", "<nl>", "ask", "=", ":", "#", "convention")
+IDENTIFIERS = ("x", "y", "n", "data", "items", "result", "path", "config", "name", "total")
+WORDS = ("fix", "later", "the", "parser", "cache", "bug", "see", "run", "note", "slow", "TODO", "why")
+CODE = ("def", "return", "for", "in", "range", "print", "import", "(", ")", "+", "-", "@@", "file")
+FILES = ("setup.cfg", "pyproject.toml", "STYLE.md", "main.py", "utils.py", ".editorconfig", "Makefile")
+KS = (1, 2, 4, 8, 16)
+MAX_K = 16
+STORE = "conventions"
+
+
+class Vocab:
+    """Every word of the language, one token id each."""
+
+    def __init__(self) -> None:
+        words = list(SPECIALS)
+        for keys, values in FAMILIES.values():
+            words += [w for w in (*keys, *values) if w not in words]
+        words += [w for w in (*IDENTIFIERS, *WORDS, *CODE, *FILES) if w not in words]
+        self.words = words
+        self.ids = {w: i for i, w in enumerate(words)}
+        self.family_of: dict[int, str] = {}  # key id -> family
+        self.values_of: dict[str, tuple[int, ...]] = {}  # family -> value ids
+        for family, (keys, values) in FAMILIES.items():
+            self.values_of[family] = tuple(self.ids[v] for v in values)
+            for key in keys:
+                self.family_of[self.ids[key]] = family
+        self.keys = tuple(self.family_of)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __getitem__(self, word: str) -> int:
+        return self.ids[word]
+
+    def encode(self, words: Sequence[str]) -> tuple[int, ...]:
+        return tuple(self.ids[w] for w in words)
+
+    def chance(self, key: int) -> float:
+        return 1.0 / len(self.values_of[self.family_of[key]])
+
+
+@dataclass(frozen=True)
+class Story:
+    """One episode: history lines (token ids, each ending in <nl>), and what is asked."""
+
+    lines: tuple[tuple[int, ...], ...]
+    facts: tuple[tuple[int, int], ...]
+    """(key, latest value) for every key the history assigns, in query order."""
+    reassigned: frozenset[int] = field(default_factory=frozenset)
+    """Keys assigned more than once (an older value first, then the answer)."""
+
+    @property
+    def history(self) -> list[int]:
+        """<bos> and every line: what a write pass writes, and what (c) puts in context."""
+        return [1, *(t for line in self.lines for t in line)]
+
+    @property
+    def segments(self) -> list[int]:
+        """A segment id per history token: one segment per line (<bos> is not written)."""
+        return [-1, *(i for i, line in enumerate(self.lines) for _ in line)]
+
+    def binding(self, vocab: Vocab) -> set[int]:
+        """Keys whose family has another key in this episode holding another value."""
+        return {
+            key
+            for key, value in self.facts
+            if any(vocab.family_of[k] == vocab.family_of[key] and v != value for k, v in self.facts if k != key)
+        }
+
+
+def fact_line(vocab: Vocab, key: int, value: int, rng: random.Random) -> tuple[int, ...]:
+    k, v = vocab.words[key], vocab.words[value]
+    form = rng.randrange(3)
+    words = [k, "=", v] if form == 0 else ["#", "convention", ":", k, "=", v] if form == 1 else [k, ":", v]
+    return vocab.encode([*words, "<nl>"])
+
+
+def distractor_line(vocab: Vocab, rng: random.Random) -> tuple[int, ...]:
+    """Code, comments, diff hunks and file headers; value tokens and key names occur, never a fact."""
+    ident, number = rng.choice(IDENTIFIERS), rng.choice(FAMILIES["number"][1])
+    key = vocab.words[rng.choice(vocab.keys)]
+    value = vocab.words[rng.choice(vocab.values_of[rng.choice(list(FAMILIES))])]
+    forms = (
+        ["def", ident, "(", rng.choice(IDENTIFIERS), ")", ":"],
+        ["return", ident, "+", number],
+        [ident, "=", number],
+        [ident, "=", value],
+        ["for", ident, "in", "range", "(", number, ")", ":"],
+        ["print", "(", ident, ")"],
+        ["import", rng.choice(FAMILIES["tool"][1])],
+        ["#", *rng.sample(WORDS, 3)],
+        ["#", "TODO", rng.choice(WORDS), key],
+        ["#", "see", value],
+        ["@@", "-", number, "+", rng.choice(FAMILIES["number"][1]), "@@"],
+        [rng.choice("+-"), ident, "=", number],
+        ["file", rng.choice(FILES)],
+    )
+    return vocab.encode([*rng.choice(forms), "<nl>"])
+
+
+def make_story(vocab: Vocab, k: int, rng: random.Random, reassign: float = 0.5) -> Story:
+    """K distinct keys with values from their families, distractors between, maybe re-assignments."""
+    keys = rng.sample(vocab.keys, k)
+    final = {key: rng.choice(vocab.values_of[vocab.family_of[key]]) for key in keys}
+    again = rng.sample(keys, rng.randint(1, max(1, k // 4))) if rng.random() < reassign else []
+    events = [*keys, *again]  # a key listed twice is assigned twice: an older value, then the final one
+    rng.shuffle(events)
+    seen: dict[int, int] = {key: events.count(key) for key in again}
+    lines = []
+    for key in events:
+        if seen.get(key, 0) > 1:
+            seen[key] -= 1
+            old = rng.choice([v for v in vocab.values_of[vocab.family_of[key]] if v != final[key]])
+            lines.append(fact_line(vocab, key, old, rng))
+        else:
+            lines.append(fact_line(vocab, key, final[key], rng))
+    for _ in range(rng.randint(1, 2 + k // 2)):
+        lines.insert(rng.randint(0, len(lines)), distractor_line(vocab, rng))
+    order = list(keys)
+    rng.shuffle(order)
+    return Story(tuple(lines), tuple((key, final[key]) for key in order), frozenset(again))
+
+
+def query(vocab: Vocab, key: int) -> list[int]:
+    return [1, vocab["ask"], key, vocab["="]]
+
+
+# ----------------------------------------------------------------------------- the backbone
+
+
+HIDDEN, LAYERS, HEADS = 64, 4, 4
+
+
+def build_backbone(vocab: Vocab, seed: int) -> Any:
+    """A tiny Qwen3 with random weights, built from its config (nothing is downloaded)."""
+    import transformers
+
+    config = transformers.Qwen3Config(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        head_dim=HIDDEN // HEADS,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return transformers.Qwen3ForCausalLM(config).float()
+
+
+def padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask, [B, T] each."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def lm_sequence(vocab: Vocab, story: Story, rng: random.Random, asks: int = 4) -> list[int]:
+    """The history, then ``asks``·K answered queries (every key once, then keys at random):
+    what the backbone learns on, with the loss on every token."""
+    asked = [*story.facts, *(rng.choice(story.facts) for _ in range((asks - 1) * len(story.facts)))]
+    return [*story.history, *(t for key, value in asked for t in (vocab["ask"], key, vocab["="], value, 2))]
+
+
+@torch.no_grad()
+def in_context_predictions(model: Any, vocab: Vocab, stories: Sequence[Story]) -> list[list[int]]:
+    """(c): the history in context, then ``ask <key> =``; the argmax over the whole vocabulary."""
+    out = []
+    for story in stories:
+        rows = torch.tensor([[*story.history, vocab["ask"], key, vocab["="]] for key, _ in story.facts])
+        logits = model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1]
+        out.append(logits.argmax(-1).tolist())
+    return out
+
+
+def accuracy(stories: Sequence[Story], predictions: Sequence[Sequence[int]]) -> float:
+    pairs = [(p, v) for s, ps in zip(stories, predictions) for p, (_, v) in zip(ps, s.facts)]
+    return sum(p == v for p, v in pairs) / len(pairs)
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    max_steps: int = 1500
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 50
+    eval_every: int = 50
+    curriculum: int = 25
+    """The largest K trained on grows by one every this many steps, from 1 to 16."""
+    target: float = 0.95
+    """Stop once (c) at K = 6 reaches this on the validation episodes."""
+
+
+def train_backbone(model: Any, vocab: Vocab, validation: Sequence[Story], options: BackboneOptions, seed: int) -> dict:
+    """Next-token loss on every token of history + answered queries, until (c) at K = 6 is reached."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / options.warmup))
+    history = []
+    step, score, start = 0, 0.0, time.perf_counter()
+    while step < options.max_steps:
+        model.train()
+        k_max = min(MAX_K, 1 + step // options.curriculum)  # short histories first
+        stories = [make_story(vocab, rng.randint(1, k_max), rng) for _ in range(options.batch)]
+        ids, mask = padded([lm_sequence(vocab, s, rng) for s in stories])
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % options.eval_every == 0 or step == options.max_steps:
+            model.eval()
+            score = accuracy(validation, in_context_predictions(model, vocab, validation))
+            history.append((step, round(float(loss), 4), score))
+            log.info("backbone step %d: loss %.3f, (c) at K=6 on validation %.3f (%.0fs)",
+                     step, float(loss), score, time.perf_counter() - start)
+            if score >= options.target:
+                break
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return {"steps": step, "validation_c_k6": score, "curve": history, "seconds": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------- δ-mem
+
+VARIANTS = {
+    "TSW": memory.DeltaMemConfig(rank=8, write="token"),
+    "SSW": memory.DeltaMemConfig(rank=8, write="segment"),
+    "MSW": memory.DeltaMemConfig(rank=8, write="token", state_heads=4),
+}
+
+
+def write_history(mem: memory.Memory, story: Story) -> None:
+    """Zero every store, then one write pass of the history into ``conventions``."""
+    mem.reset()
+    segments = torch.tensor([story.segments]) if mem.config.write == "segment" else None
+    with mem.writing(STORE, segments=segments):
+        mem.model(input_ids=torch.tensor([story.history]), use_cache=False, logits_to_keep=1)
+
+
+def read_logits(mem: memory.Memory, vocab: Vocab, keys: Sequence[int]) -> torch.Tensor:
+    """A read-only pass: one row ``<bos> ask <key> =`` per key, the history absent. [len(keys), V]"""
+    rows = torch.tensor([query(vocab, key) for key in keys])
+    return mem.model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    steps: int = 4500
+    """Training episodes (one write pass and one read pass each), one optimizer step each."""
+    lr: float = 3e-3
+    warmup: int = 100
+    eval_every: int = 900
+    curriculum: int = 150
+    """The largest K trained on grows by one every this many steps, from 2 to 16."""
+
+
+def train_memory(
+    mem: memory.Memory, vocab: Vocab, validation: Sequence[Story], options: MemoryOptions, seed: int
+) -> dict:
+    """Episode training through the product's ``Memory``: write the history, read every query."""
+    params = freeze_backbone(mem)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / options.warmup, 0.5 * (1 + math.cos(math.pi * step / options.steps)))
+    )
+    start, curve, running = time.perf_counter(), [], []
+    for step in range(1, options.steps + 1):
+        k_max = min(MAX_K, 2 + step // options.curriculum)  # few facts first
+        story = make_story(vocab, rng.randint(1, k_max), rng)
+        write_history(mem, story)
+        keys, values = zip(*story.facts)
+        loss = F.cross_entropy(read_logits(mem, vocab, keys).float(), torch.tensor(values))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        mem.reset()
+        running.append(float(loss.detach()))
+        if step % options.eval_every == 0 or step == options.steps:
+            score = accuracy(validation, memory_predictions(mem, vocab, validation))
+            curve.append((step, round(sum(running) / len(running), 4), score))
+            log.info("%s step %d: loss %.3f, (b) on validation %.3f (%.0fs)", variant_name(mem.config), step,
+                     sum(running) / len(running), score, time.perf_counter() - start)
+            running = []
+    for param in params:
+        param.requires_grad_(False)
+    return {"steps": options.steps, "curve": curve, "seconds": time.perf_counter() - start}
+
+
+def variant_name(config: memory.DeltaMemConfig) -> str:
+    return next((name for name, c in VARIANTS.items() if c == config), "custom")
+
+
+@torch.no_grad()
+def memory_predictions(
+    mem: memory.Memory, vocab: Vocab, stories: Sequence[Story], written: Sequence[Story] | None = None
+) -> list[list[int]]:
+    """(b): write each story's history (or ``written``'s: the other-episode control), read its queries."""
+    out = []
+    for i, story in enumerate(stories):
+        write_history(mem, story if written is None else written[i])
+        out.append(read_logits(mem, vocab, [key for key, _ in story.facts]).argmax(-1).tolist())
+    mem.reset()
+    return out
+
+
+@torch.no_grad()
+def query_alone_predictions(model: Any, vocab: Vocab, stories: Sequence[Story]) -> list[list[int]]:
+    """(a): the frozen backbone, no memory, the query alone."""
+    rows = [torch.tensor([query(vocab, key) for key, _ in s.facts]) for s in stories]
+    return [model(input_ids=r, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1).tolist() for r in rows]
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@dataclass
+class Cell:
+    """Accuracy over some queries, with the chance level of those same queries."""
+
+    correct: int = 0
+    total: int = 0
+    chance_sum: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    @property
+    def chance(self) -> float | None:
+        return self.chance_sum / self.total if self.total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "chance": self.chance, "queries": self.total}
+
+
+def score(vocab: Vocab, stories: Sequence[Story], predictions: Sequence[Sequence[int]], only: str = "all") -> Cell:
+    """``only``: "all" queries, "overwrite" (re-assigned keys) or "binding" (see ``Story.binding``)."""
+    cell = Cell()
+    for story, predicted in zip(stories, predictions):
+        chosen = {"all": None, "overwrite": story.reassigned, "binding": story.binding(vocab)}[only]
+        for p, (key, value) in zip(predicted, story.facts):
+            if chosen is None or key in chosen:
+                cell.correct += int(p == value)
+                cell.total += 1
+                cell.chance_sum += vocab.chance(key)
+    return cell
+
+
+def follows(stories: Sequence[Story], written: Sequence[Story], predictions: Sequence[Sequence[int]]) -> float | None:
+    """Other-episode control: how often the answer is the value the *written* episode holds for the key."""
+    hits = total = 0
+    for story, other, predicted in zip(stories, written, predictions):
+        held = dict(other.facts)
+        for p, (key, _) in zip(predicted, story.facts):
+            if key in held:
+                hits += int(p == held[key])
+                total += 1
+    return hits / total if total else None
+
+
+# ----------------------------------------------------------------------------- (b′): a fresh process
+
+STATE_NAME = "state.safetensors"
+
+
+def state_file(directory: Path) -> Any:
+    """The product's state file (``dmem_lsp.store.WorkspaceStore``), kept in ``directory``
+    instead of the user's data folder: its save and load code is the product's, its place ours."""
+    from dmem_lsp.store import WorkspaceStore
+
+    store = WorkspaceStore(directory)
+    store.state_path = directory / STATE_NAME
+    return store
+
+
+def fingerprint(backbone_sha256: str, adapter_dir: Path, config: memory.DeltaMemConfig) -> dict[str, Any]:
+    adapter = json.loads((adapter_dir / memory.adapter_io.CONFIG_NAME).read_text())
+    return {
+        "backbone": {"id": "recall-benchmark", "sha256": backbone_sha256},
+        "adapter_sha256": adapter["weights_sha256"],
+        "config": config.to_dict(),
+    }
+
+
+def save_for_replay(
+    directory: Path, mem: memory.Memory, vocab: Vocab, tests: dict[int, list[Story]], backbone_sha256: str
+) -> dict[str, list[int]]:
+    """Write every held-out history, keep each written state; save adapter, states and queries."""
+    adapter_dir = memory.save_adapter(mem, directory / "adapter", base_model_id="recall-benchmark")
+    states, tokens, queries = {}, {}, {}
+    with torch.no_grad():
+        for k, stories in tests.items():
+            for i, story in enumerate(stories):
+                name = f"k{k}_{i}"
+                write_history(mem, story)
+                states[name] = mem.states()[STORE]
+                tokens[name] = len(story.history)
+                queries[name] = [key for key, _ in story.facts]
+    mem.reset()
+    state_file(directory).save_states(states, fingerprint(backbone_sha256, adapter_dir, mem.config), tokens)
+    (directory / "queries.json").write_text(json.dumps(queries, sort_keys=True))
+    (directory / "backbone_sha256").write_text(backbone_sha256)
+    return queries
+
+
+@torch.no_grad()
+def replay(directory: Path) -> dict[str, Any]:
+    """In a fresh process: load backbone, adapter and states from disk, read every query."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory / "backbone").eval()
+    mem = memory.load_adapter(model, directory / "adapter")
+    expected = fingerprint((directory / "backbone_sha256").read_text(), directory / "adapter", mem.config)
+    states, problem = state_file(directory).load_states(expected, move_aside=False)
+    if states is None:
+        raise SystemExit(f"replay: no usable state file in {directory}: {problem}")
+    vocab = Vocab()
+    predictions = {}
+    for name, keys in json.loads((directory / "queries.json").read_text()).items():
+        mem.load_states({STORE: states[name]})
+        predictions[name] = read_logits(mem, vocab, keys).argmax(-1).tolist()
+    return {"predictions": predictions, "backbone_sha256": backbone_sha256(model)}
+
+
+def backbone_sha256(model: Any) -> str:
+    """sha256 over the backbone's own tensors (δ-mem's parameters and wrappers left out)."""
+    digest = hashlib.sha256()
+    tensors = {
+        name.replace(".base_layer.", "."): tensor
+        for name, tensor in model.state_dict().items()
+        if ".delta_mem." not in name
+    }
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Plan:
+    backbone: BackboneOptions
+    memory: MemoryOptions
+    tests: int
+    """Held-out episodes per K."""
+    validation: int
+    """Validation episodes (early stopping and the headline choice; never in the table)."""
+
+
+FULL = Plan(BackboneOptions(), MemoryOptions(), tests=120, validation=64)
+QUICK = Plan(
+    BackboneOptions(max_steps=6, batch=8, eval_every=3, curriculum=1),
+    MemoryOptions(steps=6, warmup=2, eval_every=6, curriculum=1),
+    tests=3,
+    validation=5,
+)
+
+TARGETS = {
+    "b": "≥ 0.95 for K ≤ 8, ≥ 0.80 at K = 16",
+    "overwrite": "≥ 0.90",
+    "binding": "≥ 0.90",
+    "replay": "identical to (b)",
+    "control": "within 0.05 of chance",
+}
+
+
+def misses(kind: str, cells: dict[int, Cell]) -> list[int]:
+    """The K whose cell misses the row's target."""
+    out = []
+    for k, cell in cells.items():
+        acc = cell.accuracy
+        if acc is None:
+            continue
+        if kind == "b" and acc < (0.95 if k <= 8 else 0.80):
+            out.append(k)
+        elif kind in ("overwrite", "binding") and acc < 0.90:
+            out.append(k)
+        elif kind == "control" and abs(acc - cell.chance) > 0.05:
+            out.append(k)
+    return out
+
+
+def run(seed: int, plan: Plan, threads: int) -> dict[str, Any]:
+    vocab = Vocab()
+    validation_rng, test_rng = random.Random(f"{seed}/validation"), random.Random(f"{seed}/test")
+    backbone_validation = [make_story(vocab, 6, validation_rng) for _ in range(plan.validation)]
+    memory_validation = [make_story(vocab, k, validation_rng) for k in KS for _ in range(plan.validation // 4)]
+    tests = {k: [make_story(vocab, k, test_rng) for _ in range(plan.tests)] for k in KS}
+    rows: dict[str, dict[int, Cell]] = {}
+    extra: dict[str, Any] = {"seed": seed, "threads": threads, "tests_per_k": plan.tests}
+
+    def per_k(predict, only: str = "all", stories: dict[int, list[Story]] = tests) -> dict[int, Cell]:
+        return {k: score(vocab, stories[k], predict(stories[k]), only) for k in KS}
+
+    log.info("backbone: training a tiny Qwen3 (%d layers, hidden %d) on next-token loss", LAYERS, HIDDEN)
+    model = build_backbone(vocab, seed)
+    extra["backbone"] = train_backbone(model, vocab, backbone_validation, plan.backbone, seed)
+    extra["backbone"]["parameters"] = sum(p.numel() for p in model.parameters())
+    frozen = backbone_sha256(model)
+    rows["chance"] = per_k(lambda stories: [[-1] * len(s.facts) for s in stories])
+    rows["(a) backbone, query alone"] = per_k(lambda s: query_alone_predictions(model, vocab, s))
+    c_predictions = {k: in_context_predictions(model, vocab, tests[k]) for k in KS}
+    rows["(c) backbone, history in context"] = {k: score(vocab, tests[k], c_predictions[k]) for k in KS}
+    rows["(c) re-assigned keys"] = {k: score(vocab, tests[k], c_predictions[k], "overwrite") for k in KS}
+
+    variants: dict[str, dict[str, Any]] = {}
+    for name, config in VARIANTS.items():
+        log.info("%s: attaching δ-mem (%s) and training it on episodes", name, config)
+        torch.manual_seed(seed)
+        mem = memory.attach(model, config)
+        info = train_memory(mem, vocab, memory_validation, plan.memory, seed)
+        info["validation_b"] = accuracy(memory_validation, memory_predictions(mem, vocab, memory_validation))
+        info["parameters"] = mem.num_trainable_parameters() or sum(p.numel() for p in mem.parameters())
+        predictions = {k: memory_predictions(mem, vocab, tests[k]) for k in KS}
+        others = {k: tests[k][1:] + tests[k][:1] for k in KS}  # episode i+1's history for episode i's keys
+        other_predictions = {k: memory_predictions(mem, vocab, tests[k], written=others[k]) for k in KS}
+        mem.reset()
+        info["rows"] = {
+            "b": {k: score(vocab, tests[k], predictions[k]) for k in KS},
+            "overwrite": {k: score(vocab, tests[k], predictions[k], "overwrite") for k in KS},
+            "binding": {k: score(vocab, tests[k], predictions[k], "binding") for k in KS},
+            "zero": per_k(lambda s: read_predictions(mem, vocab, s)),
+            "other": {k: score(vocab, tests[k], other_predictions[k]) for k in KS},
+        }
+        info["other_follows_written"] = {
+            k: follows(tests[k], others[k], other_predictions[k]) for k in KS
+        }
+        info["predictions"] = predictions
+        info["adapter"] = {n: t.clone() for n, t in mem.adapter_state_dict().items()}
+        mem.detach()
+        info["backbone_identical"] = backbone_sha256(model) == frozen
+        if not info["backbone_identical"]:
+            raise SystemExit(f"{name}: the backbone changed during δ-mem training")
+        variants[name] = info
+        log.info("%s: (b) on held-out %s", name, {k: round(c.accuracy, 3) for k, c in info["rows"]["b"].items()})
+
+    headline = max(variants, key=lambda n: variants[n]["validation_b"])  # chosen on validation, not held-out
+    log.info("headline: %s (best (b) on the validation episodes); saving it for a fresh process", headline)
+    with tempfile.TemporaryDirectory(prefix="recall-") as tmp:
+        directory = Path(tmp)
+        model.save_pretrained(directory / "backbone")  # before attaching: the backbone alone
+        mem = memory.attach(model, VARIANTS[headline])
+        mem.load_adapter_state_dict(variants[headline]["adapter"])
+        names = save_for_replay(directory, mem, vocab, tests, frozen)
+        mem.detach()
+        command = [sys.executable, str(Path(__file__).resolve()), "--replay", tmp, "--threads", str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise SystemExit(f"replay failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        replayed = json.loads(done.stdout)
+    reloaded = {k: [replayed["predictions"][f"k{k}_{i}"] for i in range(len(tests[k]))] for k in KS}
+    identical = {k: reloaded[k] == variants[headline]["predictions"][k] for k in KS}
+    rows_b = {name: v["rows"]["b"] for name, v in variants.items()}
+    h = variants[headline]["rows"]
+    return {
+        "vocab": vocab,
+        "headline": headline,
+        "rows_b": rows_b,
+        "rows": rows,
+        "headline_rows": {
+            "(b-overwrite) re-assigned keys": h["overwrite"],
+            "binding-only": h["binding"],
+            "(b′) reloaded in a fresh process": {k: score(vocab, tests[k], reloaded[k]) for k in KS},
+            "control: zero state": h["zero"],
+            "control: another episode's state": h["other"],
+        },
+        "replay": {
+            "identical": identical, "backbone_identical": replayed["backbone_sha256"] == frozen, "queries": len(names)
+        },
+        "variants": variants,
+        "extra": extra,
+    }
+
+
+@torch.no_grad()
+def read_predictions(mem: memory.Memory, vocab: Vocab, stories: Sequence[Story]) -> list[list[int]]:
+    """The zero-state control: a read-only pass with every store zero."""
+    mem.reset()
+    return [read_logits(mem, vocab, [key for key, _ in s.facts]).argmax(-1).tolist() for s in stories]
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown table: accuracy per K, the row's chance, its target and whether it is met."""
+    head = "| row | " + " | ".join(f"K={k}" for k in KS) + " | chance | target | |"
+    lines = [head, "|" + "---|" * (len(KS) + 4)]
+
+    def line(label: str, cells: dict[int, Cell], kind: str | None, note: str = "") -> None:
+        values = [f"{c.accuracy:.3f}" if c.accuracy is not None else "—" for c in cells.values()]
+        total = Cell(sum(c.correct for c in cells.values()), sum(c.total for c in cells.values()),
+                     sum(c.chance_sum for c in cells.values()))
+        missed = misses(kind, cells) if kind else []
+        verdict = "" if kind is None else (note or "ok") if not missed else "MISS at K=" + ",".join(map(str, missed))
+        chance = f"{total.chance:.3f}" if total.chance is not None else "—"
+        lines.append(f"| {label} | " + " | ".join(values) + f" | {chance} | {TARGETS.get(kind, '')} | {verdict} |")
+
+    rows, headline = result["rows"], result["headline"]
+    lines.append("| chance (1 / values of the queried key's family) | "
+                 + " | ".join(f"{c.chance:.3f}" for c in rows["chance"].values()) + " | | | |")
+    line("(a) backbone, query alone", rows["(a) backbone, query alone"], None)
+    line("(c) backbone, history in context", rows["(c) backbone, history in context"], None)
+    line("(c) re-assigned keys", rows["(c) re-assigned keys"], None)
+    for name, cells in result["rows_b"].items():
+        mark = " (headline)" if name == headline else ""
+        line(f"(b) δ-mem {name}{mark}, history only in memory", cells, "b")
+    hr = result["headline_rows"]
+    line(f"(b-overwrite) {headline}, re-assigned keys", hr["(b-overwrite) re-assigned keys"], "overwrite")
+    line(f"binding-only {headline}", hr["binding-only"], "binding")
+    identical = all(result["replay"]["identical"].values())
+    line(f"(b′) {headline} reloaded in a fresh process", hr["(b′) reloaded in a fresh process"], None)
+    lines[-1] = lines[-1].rsplit("|", 3)[0] + f"| {TARGETS['replay']} | " + (
+        "ok: predictions identical |" if identical else "MISS: predictions differ |")
+    line(f"control: zero state ({headline})", hr["control: zero state"], "control")
+    line(f"control: another episode's state ({headline})", hr["control: another episode's state"], "control")
+    return "\n".join(lines)
+
+
+def summary_lines(result: dict[str, Any], seconds: float) -> list[str]:
+    backbone, variants = result["extra"]["backbone"], result["variants"]
+    out = [
+        f"backbone: tiny Qwen3, {LAYERS} layers, hidden {HIDDEN}, {backbone['parameters']:,} parameters; "
+        f"trained {backbone['steps']} steps ({backbone['seconds']:.0f} s) to (c) = {backbone['validation_c_k6']:.3f} "
+        "at K = 6 on validation episodes, then frozen",
+    ]
+    for name, info in variants.items():
+        follows_written = ", ".join(
+            f"K={k}: {v:.2f}" for k, v in info["other_follows_written"].items() if v is not None
+        )
+        out.append(
+            f"{name}: {info['parameters']:,} δ-mem parameters, {info['steps']} episodes ({info['seconds']:.0f} s), "
+            f"(b) on validation {info['validation_b']:.3f}; backbone bit-identical afterwards: "
+            f"{'yes' if info['backbone_identical'] else 'NO'}; other-episode answers that are the written "
+            f"episode's value for the key: {follows_written}"
+        )
+    replay = result["replay"]
+    out.append(
+        f"(b′): {replay['queries']} written states saved with WorkspaceStore.save_states, adapter with save_adapter, "
+        f"backbone with save_pretrained; fresh process: predictions identical: "
+        f"{'yes' if all(replay['identical'].values()) else 'NO'}, backbone sha256 identical: "
+        f"{'yes' if replay['backbone_identical'] else 'NO'}"
+    )
+    out.append(f"seed {result['extra']['seed']}, {result['extra']['threads']} threads, "
+               f"{result['extra']['tests_per_k']} held-out episodes per K; wall time {seconds:.0f} s")
+    return out
+
+
+def to_json(result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def cells(row: dict[int, Cell]) -> dict[str, Any]:
+        return {str(k): c.to_dict() for k, c in row.items()}
+
+    return {
+        "headline": result["headline"],
+        "rows": {name: cells(row) for name, row in result["rows"].items()},
+        "b": {name: cells(row) for name, row in result["rows_b"].items()},
+        "headline_rows": {name: cells(row) for name, row in result["headline_rows"].items()},
+        "variants": {
+            name: {
+                "validation_b": info["validation_b"],
+                "steps": info["steps"],
+                "seconds": info["seconds"],
+                "curve": info["curve"],
+                "parameters": info["parameters"],
+                "backbone_identical": info["backbone_identical"],
+                "rows": {kind: cells(row) for kind, row in info["rows"].items()},
+                "other_follows_written": {str(k): v for k, v in info["other_follows_written"].items()},
+            }
+            for name, info in result["variants"].items()
+        },
+        "replay": {**result["replay"], "identical": {str(k): v for k, v in result["replay"]["identical"].items()}},
+        "backbone": result["extra"]["backbone"],
+        "seed": result["extra"]["seed"],
+        "threads": result["extra"]["threads"],
+        "tests_per_k": result["extra"]["tests_per_k"],
+        "wall_seconds": seconds,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 is faster than 1 on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds; its numbers mean nothing")
+    parser.add_argument("--out", type=Path, help="also write the table as recall.md and everything as recall.json here")
+    parser.add_argument("--replay", type=Path, help=argparse.SUPPRESS)  # the fresh process of (b′)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if args.replay is not None:
+        print(json.dumps(replay(args.replay)))
+        return
+    start = time.perf_counter()
+    result = run(args.seed, QUICK if args.quick else FULL, args.threads)
+    seconds = time.perf_counter() - start
+    table = render(result)
+    notes = summary_lines(result, seconds)
+    print(table)
+    print()
+    print("\n".join(notes))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "recall.md").write_text(table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        (args.out / "recall.json").write_text(json.dumps(to_json(result, seconds), indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
