@@ -79,9 +79,15 @@ def tokenize_for_write(engine: "Engine", text: str, limit: int | None = None) ->
 
 
 def write_memory(engine: "Engine", store: str, ids: list[int]) -> dict:
-    """One write pass of ``ids`` into ``store``; returns every store's state afterwards."""
+    """One write pass of ``ids`` into ``store``; returns every store's state afterwards.
+
+    With a segment-write (SSW) adapter the pass is one segment: it is written once, as the
+    mean over its tokens.
+    """
     import torch
 
-    with torch.inference_mode(), engine.memory.writing(store=store):
-        engine.model(input_ids=torch.tensor([ids], device=engine.device), use_cache=False)
+    input_ids = torch.tensor([ids], device=engine.device)
+    segments = torch.zeros_like(input_ids) if engine.memory.config.write == "segment" else None
+    with torch.inference_mode(), engine.memory.writing(store=store, segments=segments):
+        engine.model(input_ids=input_ids, use_cache=False)
     return engine.memory.states()

@@ -133,3 +133,19 @@ def test_workspace_adapters_swap_in_and_refuse_what_cannot_swap(model_dirs, tmp_
     assert engine.generate(prompt, max_new_tokens=8).text == reference.generate(prompt, max_new_tokens=8).text
     engine.use(engine.adapter(None))
     assert engine.generate(prompt, max_new_tokens=8).text == plain_text
+
+
+def test_the_server_writes_with_a_segment_write_adapter(model_dirs, tmp_path):
+    from dmem_lsp.assist import write_memory
+    from tests.tiny_models import load_tiny_model
+
+    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig(write="segment"))
+    strengthen(mem, seed=4)
+    engine = Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=str(memory.save_adapter(mem, tmp_path / "ssw")), device="cpu"))
+    ids = token_ids(1, 12, seed=5)
+    states = write_memory(engine, "edits", ids[0].tolist())
+    mem.reset()
+    with torch.no_grad(), mem.writing(store="edits", segments=torch.zeros_like(ids)):  # one segment: the whole pass
+        mem.model(input_ids=ids)
+    assert states["edits"].any() and torch.equal(states["edits"], mem.states()["edits"])
+    assert not states["conventions"].any()
