@@ -58,6 +58,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="episodes per optimizer step (default 1)")
     train.add_argument("--write-tokens", type=int, default=1024, metavar="N",
                        help="history tokens written per episode, the last ones kept (default %(default)s)")
+    train.add_argument("--write-chunk-tokens", type=int, default=256, metavar="N",
+                       help="write each history piece in passes of at most N tokens, as the server does with "
+                            "memory.writeChunkTokens (default %(default)s; 0: the whole history in one pass)")
     train.add_argument("--seed", type=int, default=0, help="episode order, split and fresh adapter (default 0)")
     train.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="save a checkpoint every N steps")
     train.add_argument("--eval-every", type=int, metavar="N", help="held-out evaluation every N steps")
@@ -125,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(
         steps=args.steps, epochs=args.epochs, lr=args.lr, grad_accum=args.grad_accum, write_tokens=args.write_tokens,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        write_chunk_tokens=args.write_chunk_tokens, seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         progress=not args.no_progress,
     )
     if args.data and not Path(args.data).is_file():

@@ -83,6 +83,10 @@ class TrainOptions:
     """Episodes whose gradients are summed into one optimizer step (per process)."""
     write_tokens: int = 1024
     """The most history tokens written per episode: longer histories keep their last ones."""
+    write_chunk_tokens: int = 256
+    """Write each piece of the history (a file, a diff, a message) as its own write passes of
+    at most this many tokens, as the server writes its events (``memory.writeChunkTokens``);
+    0 writes the whole history in one pass, as the paper does."""
     seed: int = 0
     """Seeds the episode order, torch and Python's random."""
     checkpoint_every: int = 0
@@ -110,6 +114,8 @@ class TrainOptions:
         for name in ("grad_accum", "write_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
+        if not isinstance(self.write_chunk_tokens, int) or self.write_chunk_tokens < 0:
+            raise bad("write_chunk_tokens", "must be 0 (one pass) or a positive integer")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise bad("checkpoint_every", "must be 0 (never) or a positive integer")
         if not self.lr > 0:
@@ -133,36 +139,53 @@ class EpisodeLoss(nn.Module):
 
     def forward(
         self,
-        history: torch.Tensor,
-        segments: torch.Tensor | None,
+        passes: list[tuple[torch.Tensor, torch.Tensor | None]],
         sequence: torch.Tensor,
         target: torch.Tensor,
         use_memory: bool = True,
     ) -> torch.Tensor:
-        """history [1, W], segments [1, W] or None, sequence [1, Q+N] (query then target), target [N]."""
+        """passes: write passes, each (ids [1, W], segments [1, W] or None); sequence [1, Q+N]
+        (query then target); target [N]. Gradients flow through the state from pass to pass."""
         self.memory.reset()
         if use_memory:
-            with self.memory.writing(self.store, segments=segments):
-                self.model(input_ids=history, use_cache=False, logits_to_keep=1)
+            for history, segments in passes:
+                with self.memory.writing(self.store, segments=segments):
+                    self.model(input_ids=history, use_cache=False, logits_to_keep=1)
         n = target.shape[0]
         logits = self.model(input_ids=sequence, use_cache=False, logits_to_keep=n + 1).logits  # [1, N+1, V]
         return F.cross_entropy(logits[0, :-1].float(), target)  # position Q-1+i predicts target i
 
 
 def episode_tensors(
-    episode: Episode, write_tokens: int, segmented: bool, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """The inputs of ``EpisodeLoss`` for one episode; the history keeps its last ``write_tokens``."""
+    episode: Episode, write_tokens: int, segmented: bool, device: torch.device | str, chunk_tokens: int = 0
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor, torch.Tensor]:
+    """The inputs of ``EpisodeLoss`` for one episode: (write passes, sequence, target).
+
+    The history keeps its last ``write_tokens``. With ``chunk_tokens`` each piece of it is
+    written in passes of at most that many tokens, each pass one segment (as the server
+    writes); with 0 the whole history is one pass, each piece one segment.
+    """
     ids: list[int] = []
     segment_ids: list[int] = []
     for index, piece in enumerate(episode.history):
         ids.extend(piece)
         segment_ids.extend([index] * len(piece))
     ids, segment_ids = ids[-write_tokens:], segment_ids[-write_tokens:]
-    history = torch.tensor([ids], device=device)
-    segments = torch.tensor([segment_ids], device=device) if segmented else None
+    if chunk_tokens:
+        pieces: list[list[int]] = []
+        for position, token in enumerate(ids):
+            if position == 0 or segment_ids[position] != segment_ids[position - 1] or len(pieces[-1]) == chunk_tokens:
+                pieces.append([])
+            pieces[-1].append(token)
+        chunks = [(piece, [0] * len(piece)) for piece in pieces]
+    else:
+        chunks = [(ids, segment_ids)] if ids else []
+    passes = [
+        (torch.tensor([piece], device=device), torch.tensor([segments], device=device) if segmented else None)
+        for piece, segments in chunks
+    ]
     sequence = torch.tensor([[*episode.query, *episode.target]], device=device)
-    return history, segments, sequence, torch.tensor(episode.target, device=device)
+    return passes, sequence, torch.tensor(episode.target, device=device)
 
 
 def freeze_backbone(mem: Memory) -> list[nn.Parameter]:
@@ -208,7 +231,11 @@ def make_accelerator(device: str = "auto", grad_accum: int = 1) -> "Accelerator"
 
 @torch.no_grad()
 def evaluate(
-    mem: Memory, episodes: Sequence[Episode], write_tokens: int, accelerator: "Accelerator | None" = None
+    mem: Memory,
+    episodes: Sequence[Episode],
+    write_tokens: int,
+    accelerator: "Accelerator | None" = None,
+    chunk_tokens: int = 0,
 ) -> dict[str, float | None]:
     """Held-out loss (per target token) with memory, and with the state zeroed.
 
@@ -224,7 +251,7 @@ def evaluate(
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
     with autocast:
         for episode in episodes[rank::processes]:
-            inputs = episode_tensors(episode, write_tokens, segmented, device)
+            inputs = episode_tensors(episode, write_tokens, segmented, device, chunk_tokens)
             n = len(episode.target)
             sums[0] += loss(*inputs).double() * n
             sums[1] += loss(*inputs, use_memory=False).double() * n
@@ -270,7 +297,7 @@ def _optimizer_step(
     """One optimizer step over ``episodes`` (one per micro-step); returns their mean loss, over all processes."""
     losses = []
     for episode in episodes:
-        inputs = episode_tensors(episode, options.write_tokens, segmented, accelerator.device)
+        inputs = episode_tensors(episode, options.write_tokens, segmented, accelerator.device, options.write_chunk_tokens)
         with accelerator.accumulate(model):  # steps (and syncs) on the last micro-step only
             loss = model(*inputs)
             accelerator.backward(loss)  # divided by grad_accum
@@ -307,6 +334,7 @@ def _summary(
         "lr": options.lr,
         "grad_accum": options.grad_accum,
         "write_tokens": options.write_tokens,
+        "write_chunk_tokens": options.write_chunk_tokens,
         "processes": processes,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -352,6 +380,7 @@ def train(
         "seed": options.seed,
         "grad_accum": options.grad_accum,
         "write_tokens": options.write_tokens,
+        "write_chunk_tokens": options.write_chunk_tokens,
         "processes": accelerator.num_processes,
         "data_sha256": fingerprint(train_episodes),
     }
@@ -369,7 +398,7 @@ def train(
     eval_every = options.eval_every or options.checkpoint_every or max(1, total // 10)
 
     def held_out_row(step: int) -> dict[str, Any]:
-        return {"step": step, **evaluate(mem, held_out, options.write_tokens, accelerator)}
+        return {"step": step, **evaluate(mem, held_out, options.write_tokens, accelerator, options.write_chunk_tokens)}
 
     if done == 0 and held_out:
         rows.append(held_out_row(0))
