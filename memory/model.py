@@ -13,6 +13,11 @@ A forward outside ``Memory.writing`` is a read-only pass: every token reads the 
 state, the sum of all stores, and nothing changes. Inside ``writing(store=...)`` a
 forward is a write pass into that one store (TSW: token by token, each token reading
 before it writes; SSW: one write per segment, reads see the state from before the pass).
+
+By default every store is one state and the rows of a batch share it (a batch is written
+as its rows one after another). ``reset(rows=B)`` gives every store B independent states
+instead, one per batch row: many episodes written and read in one forward each, which is
+how training goes faster. ``select_rows`` then picks a state per row of the next reads.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ class Memory:
         self._pending_o: dict[int, torch.Tensor | None] = {}
         self._states: dict[str, list[torch.Tensor]] = {}
         self._nonzero: set[str] = set()
+        self._rows: int | None = None
         self.reset()
         for block, layer in zip(blocks, layers):
             block.delta_mem = layer
@@ -117,12 +123,20 @@ class Memory:
     def stores(self) -> tuple[str, ...]:
         return self.config.stores
 
+    @property
+    def rows(self) -> int | None:
+        """B when every store holds B independent states (``reset(rows=B)``), else None."""
+        return self._rows
+
     def states(self) -> dict[str, torch.Tensor]:
-        """A copy of every store: {name: float32 [layers, heads, rank, rank]} on the CPU."""
+        """A copy of every store: {name: float32 [layers, heads, rank, rank]} on the CPU
+        ([layers, rows, heads, rank, rank] with independent rows)."""
         return {name: torch.stack([s.detach().cpu() for s in per_layer]) for name, per_layer in self._states.items()}
 
     def load_states(self, states: dict[str, torch.Tensor]) -> None:
         """Replace the named stores (others keep their state). Shapes and names are checked first."""
+        if self._rows is not None:
+            raise RuntimeError("load_states needs one shared state per store; call reset() first")
         expected = (len(self.layers), self.config.state_heads, self.config.rank, self.config.rank)
         unknown = sorted(set(states) - set(self.stores))
         if unknown:
@@ -139,14 +153,49 @@ class Memory:
             ]
             self._mark(name)
 
-    def reset(self, store: str | None = None) -> None:
-        """Zero one store, or all of them."""
+    def reset(self, store: str | None = None, *, rows: int | None = None) -> None:
+        """Zero one store, or all of them.
+
+        ``rows=B`` (all stores only) gives every store B independent zero states, one per
+        batch row: a write pass of B rows then writes row i into state i alone, and a read
+        pass of B rows reads row i from state i. ``reset()`` returns to one shared state
+        per store; ``reset(store)`` zeroes that store and keeps the current rows.
+        """
+        if rows is not None:
+            if store is not None:
+                raise ValueError("reset(rows=...) applies to every store; do not name one")
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+                raise ValueError(f"rows must be a positive integer, got {rows!r}")
+            if self._pass is not None:
+                raise RuntimeError("cannot change rows during a write pass")
+        if store is None:
+            self._rows = rows
+        lead = () if self._rows is None else (self._rows,)
         for name in self.stores if store is None else (self._check_store(store),):
             self._states[name] = [
-                torch.zeros(self.config.state_heads, self.config.rank, self.config.rank, device=_state_device(layer))
+                torch.zeros(
+                    *lead, self.config.state_heads, self.config.rank, self.config.rank, device=_state_device(layer)
+                )
                 for layer in self.layers
             ]
             self._nonzero.discard(name)
+
+    def select_rows(self, index: torch.Tensor | list[int]) -> None:
+        """With independent rows, keep ``states[index]`` in every store: row j of the next
+        passes uses what row ``index[j]`` holds now (e.g. several queries of each written
+        episode). Gradients flow through the selection."""
+        if self._rows is None:
+            raise RuntimeError("select_rows needs independent rows; call reset(rows=B) first")
+        if self._pass is not None:
+            raise RuntimeError("cannot select rows during a write pass")
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1 or len(index) == 0:
+            raise ValueError(f"select_rows needs a non-empty 1-D index, got shape {tuple(index.shape)}")
+        if int(index.min()) < 0 or int(index.max()) >= self._rows:
+            raise ValueError(f"select_rows index out of range for {self._rows} rows")
+        for name, per_layer in self._states.items():
+            self._states[name] = [s[index.to(s.device)] for s in per_layer]
+        self._rows = len(index)
 
     @contextlib.contextmanager
     def writing(self, store: str, segments: torch.Tensor | None = None) -> Iterator["Memory"]:
@@ -154,7 +203,8 @@ class Memory:
 
         ``segments`` [B, T] (optional; required for SSW) gives each token a segment id,
         -1 for tokens that are not written. Padding (attention_mask 0) is never written.
-        A batch is written as its rows one after another.
+        A batch is written as its rows one after another into the store's one state, or,
+        after ``reset(rows=B)``, each row into its own state.
         """
         self._check_store(store)
         if self._pass is not None:
@@ -247,8 +297,11 @@ class Memory:
         names = tuple(n for n in names if n in self._nonzero)
         if not names:
             return None
-        S = sum(self._states[n][index] for n in names)  # [h, r, r]
-        return torch.einsum("hij,bthj->bthi", S, q)
+        S = sum(self._states[n][index] for n in names)  # [h, r, r], or [B, h, r, r] with rows
+        if S.dim() == 3:
+            return torch.einsum("hij,bthj->bthi", S, q)
+        self._check_rows(q.shape[0])
+        return torch.einsum("bhij,bthj->bthi", S, q)
 
     def _q_correction(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
         if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
@@ -285,13 +338,19 @@ class Memory:
             keep = written[..., None, None]  # torch.where, not a product: pads may hold NaN
             k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
         h, r = q.shape[-2:]
-        flat = [t.reshape(1, B * T, h, r) for t in (q, k, v, beta, log_lam)]  # [1, B·T, h, r]
-        S0 = self._states[store][layer.index].unsqueeze(0)  # [1, h, r, r]
-        if B * T == 1:  # decoding: one step
+        if self._rows is None:  # one shared state: the rows one after another
+            flat = [t.reshape(1, B * T, h, r) for t in (q, k, v, beta, log_lam)]  # [1, B·T, h, r]
+            S0 = self._states[store][layer.index].unsqueeze(0)  # [1, h, r, r]
+        else:  # a state per row
+            self._check_rows(B)
+            flat = [q, k, v, beta, log_lam]
+            S0 = self._states[store][layer.index]  # [B, h, r, r]
+        if flat[0].shape[1] == 1:  # decoding: one step
             o, S = delta_rule_step(*(t[:, 0] for t in flat[:4]), S0, log_lam=flat[4][:, 0])
+            o = o.unsqueeze(1)
         else:
             o, S = delta_rule_chunked(*flat[:4], S0, log_lam=flat[4], chunk_size=self.config.chunk_size)
-        self._states[store][layer.index] = S[0]
+        self._states[store][layer.index] = S[0] if self._rows is None else S
         self._nonzero.add(store)
         o = o.reshape(B, T, h, r)
         others = self._read(tuple(n for n in self.stores if n != store), layer.index, q)
@@ -309,18 +368,42 @@ class Memory:
         tokens = segments >= 0
         if tokens.any():
             rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
-            key = rows[tokens] * (int(segments.max()) + 1) + segments[tokens]  # row-major, then segment id
+            span = int(segments.max()) + 1
+            key = rows[tokens] * span + segments[tokens]  # row-major, then segment id
             order, slot = torch.unique(key, sorted=True, return_inverse=True)
             sums = x.new_zeros(len(order), H, dtype=torch.float32).index_add_(0, slot, x[tokens].float())
             counts = torch.bincount(slot, minlength=len(order)).unsqueeze(-1)
-            means = (sums / counts).unsqueeze(0)  # [1, segments, H]
+            means = sums / counts  # [segments, H]
+            if self._rows is None:  # one shared state: every segment of every row, in order
+                means, present = means.unsqueeze(0), None  # [1, segments, H]
+                S0 = self._states[store][layer.index].unsqueeze(0)
+            else:  # a state per row: row b's segments, in order, padded to the longest row
+                self._check_rows(B)
+                owner = order // span
+                per_row = torch.bincount(owner, minlength=B)
+                start = torch.cumsum(per_row, 0) - per_row
+                position = torch.arange(len(order), device=x.device) - start[owner]
+                present = torch.zeros(B, int(per_row.max()), dtype=torch.bool, device=x.device)
+                present[owner, position] = True
+                padded_means = means.new_zeros(B, present.shape[1], H)
+                padded_means[owner, position] = means
+                means = padded_means
+                S0 = self._states[store][layer.index]
             _, k, v, beta, log_lam = layer.project(means)
+            if present is not None:  # absent segments: β = 0, λ = 1 (no change)
+                keep = present[..., None, None]
+                k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
             q = torch.zeros_like(k)  # the reads of this scan are not used
-            S0 = self._states[store][layer.index].unsqueeze(0)
             _, S = delta_rule_chunked(q, k, v, beta, S0, log_lam=log_lam, chunk_size=self.config.chunk_size)
-            self._states[store][layer.index] = S[0]
+            self._states[store][layer.index] = S[0] if self._rows is None else S
             self._nonzero.add(store)
         return o
+
+    def _check_rows(self, batch: int) -> None:
+        if batch != self._rows:
+            raise ValueError(
+                f"this memory holds {self._rows} independent rows (reset(rows=...)), but the forward has a batch of {batch}"
+            )
 
     def _check_store(self, store: str) -> str:
         if store not in self.stores:
