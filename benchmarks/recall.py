@@ -20,8 +20,11 @@ The run, all in one process unless said otherwise:
    mode: zero the state, write the history (a write pass), read every query of the episode
    with the history absent (a read-only pass), cross-entropy on the answers. Only δ-mem's
    parameters train (``memory.training.freeze_backbone``); the backbone is checked
-   bit-identical afterwards. TSW, SSW (one segment per history line) and MSW (4 state heads)
-   are trained with the same budget;
+   bit-identical afterwards. A step trains on 16 episodes at once, each written into and
+   read from a state of its own (``Memory.reset(rows=16)``; the same loss as the episodes
+   one by one, tested). TSW, SSW (one segment per history line) and MSW (4 state heads) get
+   the same budget (1,800 steps, 28,800 episodes), each in a process of its own, ``--jobs``
+   at a time (the frozen backbone is saved once and loaded by each);
 3. held-out episodes (never seen in training or early stopping) give the table: (a) the
    frozen backbone with the query alone; (b) δ-mem with the history only in memory, for
    K = 1, 2, 4, 8, 16 facts; (b-overwrite) the re-assigned keys; binding-only (queries whose
@@ -31,10 +34,10 @@ The run, all in one process unless said otherwise:
    reloaded in a fresh Python process and evaluated again; the controls zero state and
    another episode's state, which must stay at chance.
 
-Re-run (about 11 minutes on a 2-core CPU; ``--quick`` is a smoke run of a few seconds
+Re-run (about 10 minutes on a 2-core CPU; ``--quick`` is a smoke run of a few seconds
 whose numbers mean nothing):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/recall.py [--seed 0] [--threads 1] [--out DIR]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/recall.py [--seed 0] [--threads 1] [--jobs N] [--out DIR]
 
 Progress goes to stderr, the table (markdown) to stdout; ``--out`` also writes it to
 ``recall.md`` and everything, learning curves included, to ``recall.json``. Results are
@@ -339,11 +342,25 @@ VARIANTS = {
 
 
 def write_history(mem: memory.Memory, story: Story) -> None:
-    """Zero every store, then one write pass of the history into ``conventions``."""
+    """Zero every store, then one write pass of the history into ``conventions`` (as the server writes)."""
     mem.reset()
     segments = torch.tensor([story.segments]) if mem.config.write == "segment" else None
     with mem.writing(STORE, segments=segments):
         mem.model(input_ids=torch.tensor([story.history]), use_cache=False, logits_to_keep=1)
+
+
+def write_histories(mem: memory.Memory, stories: Sequence[Story]) -> None:
+    """Training: a zero state per episode (``reset(rows=B)``), then one write pass of every
+    history at once, row i into state i alone: the same states as ``write_history`` one by one."""
+    ids, mask = padded([s.history for s in stories])
+    segments = None
+    if mem.config.write == "segment":
+        segments = torch.full(ids.shape, -1, dtype=torch.long)
+        for row, story in enumerate(stories):
+            segments[row, : len(story.history)] = torch.tensor(story.segments)
+    mem.reset(rows=len(stories))
+    with mem.writing(STORE, segments=segments):
+        mem.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
 
 
 def read_logits(mem: memory.Memory, vocab: Vocab, keys: Sequence[int]) -> torch.Tensor:
@@ -352,21 +369,34 @@ def read_logits(mem: memory.Memory, vocab: Vocab, keys: Sequence[int]) -> torch.
     return mem.model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1]
 
 
+def episodes_loss(mem: memory.Memory, vocab: Vocab, stories: Sequence[Story]) -> torch.Tensor:
+    """Write every history (independent rows), read every query of every episode from its own
+    episode's state, cross-entropy on the answers (the mean over queries)."""
+    write_histories(mem, stories)
+    mem.select_rows([row for row, story in enumerate(stories) for _ in story.facts])
+    keys, values = zip(*(fact for story in stories for fact in story.facts))
+    loss = F.cross_entropy(read_logits(mem, vocab, keys).float(), torch.tensor(values))
+    mem.reset()
+    return loss
+
+
 @dataclass(frozen=True)
 class MemoryOptions:
-    steps: int = 6000
-    """Training episodes (one write pass and one read pass each), one optimizer step each."""
-    lr: float = 3e-3
-    warmup: int = 100
-    eval_every: int = 1000
-    curriculum: int = 150
+    steps: int = 1800
+    """Optimizer steps."""
+    batch: int = 16
+    """Episodes per step, written and read together, each with its own state."""
+    lr: float = 6e-3
+    warmup: int = 50
+    eval_every: int = 300
+    curriculum: int = 25
     """The largest K trained on grows by one every this many steps, from 2 to 16."""
 
 
 def train_memory(
     mem: memory.Memory, vocab: Vocab, validation: Sequence[Story], options: MemoryOptions, seed: int
 ) -> dict:
-    """Episode training through the product's ``Memory``: write the history, read every query."""
+    """Episode training through the product's ``Memory``: write the histories, read every query."""
     params = freeze_backbone(mem)
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -377,16 +407,13 @@ def train_memory(
     start, curve, running = time.perf_counter(), [], []
     for step in range(1, options.steps + 1):
         k_max = min(MAX_K, 2 + step // options.curriculum)  # few facts first
-        story = make_story(vocab, rng.randint(1, k_max), rng)
-        write_history(mem, story)
-        keys, values = zip(*story.facts)
-        loss = F.cross_entropy(read_logits(mem, vocab, keys).float(), torch.tensor(values))
+        stories = [make_story(vocab, rng.randint(1, k_max), rng) for _ in range(options.batch)]
+        loss = episodes_loss(mem, vocab, stories)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        mem.reset()
         running.append(float(loss.detach()))
         if step % options.eval_every == 0 or step == options.steps:
             score = accuracy(validation, memory_predictions(mem, vocab, validation))
@@ -396,7 +423,14 @@ def train_memory(
             running = []
     for param in params:
         param.requires_grad_(False)
-    return {"steps": options.steps, "curve": curve, "seconds": time.perf_counter() - start}
+    return {
+        "steps": options.steps, "episodes": options.steps * options.batch, "curve": curve,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+TRAINING_ORDER = ("MSW", "TSW", "SSW")
+"""Slowest first, so that parallel jobs end close together."""
 
 
 def variant_name(config: memory.DeltaMemConfig) -> str:
@@ -565,7 +599,7 @@ class Plan:
 FULL = Plan(BackboneOptions(), MemoryOptions(), tests=120, validation=64)
 QUICK = Plan(
     BackboneOptions(max_steps=6, batch=8, eval_every=3, curriculum=1),
-    MemoryOptions(steps=6, warmup=2, eval_every=6, curriculum=1),
+    MemoryOptions(steps=6, batch=4, warmup=2, eval_every=6, curriculum=1),
     tests=3,
     validation=5,
 )
@@ -595,21 +629,102 @@ def misses(kind: str, cells: dict[int, Cell]) -> list[int]:
     return out
 
 
-def run(seed: int, plan: Plan, threads: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Episodes:
+    """Every episode the run evaluates on, the same for a seed in every process."""
+
+    backbone_validation: list[Story]
+    memory_validation: list[Story]
+    tests: dict[int, list[Story]]
+
+    @classmethod
+    def for_seed(cls, vocab: Vocab, seed: int, plan: Plan) -> "Episodes":
+        validation_rng, test_rng = random.Random(f"{seed}/validation"), random.Random(f"{seed}/test")
+        backbone_validation = [make_story(vocab, 6, validation_rng) for _ in range(plan.validation)]
+        memory_validation = [make_story(vocab, k, validation_rng) for k in KS for _ in range(plan.validation // 4)]
+        tests = {k: [make_story(vocab, k, test_rng) for _ in range(plan.tests)] for k in KS}
+        return cls(backbone_validation, memory_validation, tests)
+
+
+def train_variant(name: str, workdir: Path, seed: int, plan: Plan) -> dict[str, Any]:
+    """One δ-mem variant, in its own process: load the frozen backbone, attach, train, evaluate."""
+    import transformers
+
     vocab = Vocab()
-    validation_rng, test_rng = random.Random(f"{seed}/validation"), random.Random(f"{seed}/test")
-    backbone_validation = [make_story(vocab, 6, validation_rng) for _ in range(plan.validation)]
-    memory_validation = [make_story(vocab, k, validation_rng) for k in KS for _ in range(plan.validation // 4)]
-    tests = {k: [make_story(vocab, k, test_rng) for _ in range(plan.tests)] for k in KS}
+    episodes = Episodes.for_seed(vocab, seed, plan)
+    tests = episodes.tests
+    model = transformers.AutoModelForCausalLM.from_pretrained(workdir / "backbone").eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    frozen = (workdir / "backbone_sha256").read_text()
+    log.info("%s: attaching δ-mem (%s) and training it on episodes", name, VARIANTS[name])
+    torch.manual_seed(seed)
+    mem = memory.attach(model, VARIANTS[name])
+    info = train_memory(mem, vocab, episodes.memory_validation, plan.memory, seed)
+    info["validation_b"] = accuracy(
+        episodes.memory_validation, memory_predictions(mem, vocab, episodes.memory_validation)
+    )
+    info["parameters"] = sum(p.numel() for p in mem.parameters())
+    predictions = {k: memory_predictions(mem, vocab, tests[k]) for k in KS}
+    others = {k: tests[k][1:] + tests[k][:1] for k in KS}  # episode i+1's history for episode i's keys
+    other_predictions = {k: memory_predictions(mem, vocab, tests[k], written=others[k]) for k in KS}
+    mem.reset()
+    info["rows"] = {
+        "b": {k: score(vocab, tests[k], predictions[k]) for k in KS},
+        "overwrite": {k: score(vocab, tests[k], predictions[k], "overwrite") for k in KS},
+        "binding": {k: score(vocab, tests[k], predictions[k], "binding") for k in KS},
+        "zero": {k: score(vocab, tests[k], read_predictions(mem, vocab, tests[k])) for k in KS},
+        "other": {k: score(vocab, tests[k], other_predictions[k]) for k in KS},
+    }
+    info["other_follows_written"] = {k: follows(tests[k], others[k], other_predictions[k]) for k in KS}
+    info["predictions"] = predictions
+    info["adapter"] = {n: t.clone() for n, t in mem.adapter_state_dict().items()}
+    mem.detach()
+    info["backbone_identical"] = backbone_sha256(model) == frozen
+    log.info("%s: (b) on held-out %s", name, {k: round(c.accuracy, 3) for k, c in info["rows"]["b"].items()})
+    return info
+
+
+def train_variants(workdir: Path, seed: int, quick: bool, threads: int, jobs: int) -> dict[str, dict[str, Any]]:
+    """Every variant in a process of its own (``--train-variant``), ``jobs`` at a time, the
+    slowest first; each is deterministic for the seed whatever runs beside it."""
+    pending, running, done = sorted(VARIANTS, key=TRAINING_ORDER.index), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            command = [sys.executable, str(Path(__file__).resolve()), "--train-variant", name,
+                       "--workdir", str(workdir), "--seed", str(seed), "--threads", str(threads)]
+            running[name] = subprocess.Popen([*command, *(["--quick"] if quick else [])])
+        finished = None
+        while finished is None:
+            for name, process in running.items():
+                if process.poll() is not None:
+                    finished = name
+                    break
+            else:
+                time.sleep(0.5)  # polling a few child processes; not a test
+        process = running.pop(finished)
+        if process.returncode != 0:
+            for other in running.values():
+                other.kill()
+            raise SystemExit(f"training {finished} failed (exit code {process.returncode}); see its log above")
+        done[finished] = torch.load(workdir / f"{finished}.pt", weights_only=False)
+    return {name: done[name] for name in VARIANTS}
+
+
+def run(seed: int, plan: Plan, threads: int, jobs: int, quick: bool) -> dict[str, Any]:
+    vocab = Vocab()
+    episodes = Episodes.for_seed(vocab, seed, plan)
+    tests = episodes.tests
     rows: dict[str, dict[int, Cell]] = {}
-    extra: dict[str, Any] = {"seed": seed, "threads": threads, "tests_per_k": plan.tests}
+    extra: dict[str, Any] = {"seed": seed, "threads": threads, "jobs": jobs, "tests_per_k": plan.tests}
 
     def per_k(predict, only: str = "all", stories: dict[int, list[Story]] = tests) -> dict[int, Cell]:
         return {k: score(vocab, stories[k], predict(stories[k]), only) for k in KS}
 
     log.info("backbone: training a tiny Qwen3 (%d layers, hidden %d) on next-token loss", LAYERS, HIDDEN)
     model = build_backbone(vocab, seed)
-    extra["backbone"] = train_backbone(model, vocab, backbone_validation, plan.backbone, seed)
+    extra["backbone"] = train_backbone(model, vocab, episodes.backbone_validation, plan.backbone, seed)
     extra["backbone"]["parameters"] = sum(p.numel() for p in model.parameters())
     frozen = backbone_sha256(model)
     rows["chance"] = per_k(lambda stories: [[-1] * len(s.facts) for s in stories])
@@ -618,42 +733,17 @@ def run(seed: int, plan: Plan, threads: int) -> dict[str, Any]:
     rows["(c) backbone, history in context"] = {k: score(vocab, tests[k], c_predictions[k]) for k in KS}
     rows["(c) re-assigned keys"] = {k: score(vocab, tests[k], c_predictions[k], "overwrite") for k in KS}
 
-    variants: dict[str, dict[str, Any]] = {}
-    for name, config in VARIANTS.items():
-        log.info("%s: attaching δ-mem (%s) and training it on episodes", name, config)
-        torch.manual_seed(seed)
-        mem = memory.attach(model, config)
-        info = train_memory(mem, vocab, memory_validation, plan.memory, seed)
-        info["validation_b"] = accuracy(memory_validation, memory_predictions(mem, vocab, memory_validation))
-        info["parameters"] = sum(p.numel() for p in mem.parameters())
-        predictions = {k: memory_predictions(mem, vocab, tests[k]) for k in KS}
-        others = {k: tests[k][1:] + tests[k][:1] for k in KS}  # episode i+1's history for episode i's keys
-        other_predictions = {k: memory_predictions(mem, vocab, tests[k], written=others[k]) for k in KS}
-        mem.reset()
-        info["rows"] = {
-            "b": {k: score(vocab, tests[k], predictions[k]) for k in KS},
-            "overwrite": {k: score(vocab, tests[k], predictions[k], "overwrite") for k in KS},
-            "binding": {k: score(vocab, tests[k], predictions[k], "binding") for k in KS},
-            "zero": per_k(lambda s: read_predictions(mem, vocab, s)),
-            "other": {k: score(vocab, tests[k], other_predictions[k]) for k in KS},
-        }
-        info["other_follows_written"] = {
-            k: follows(tests[k], others[k], other_predictions[k]) for k in KS
-        }
-        info["predictions"] = predictions
-        info["adapter"] = {n: t.clone() for n, t in mem.adapter_state_dict().items()}
-        mem.detach()
-        info["backbone_identical"] = backbone_sha256(model) == frozen
-        if not info["backbone_identical"]:
-            raise SystemExit(f"{name}: the backbone changed during δ-mem training")
-        variants[name] = info
-        log.info("%s: (b) on held-out %s", name, {k: round(c.accuracy, 3) for k, c in info["rows"]["b"].items()})
-
-    headline = max(variants, key=lambda n: variants[n]["validation_b"])  # chosen on validation, not held-out
-    log.info("headline: %s (best (b) on the validation episodes); saving it for a fresh process", headline)
     with tempfile.TemporaryDirectory(prefix="recall-") as tmp:
         directory = Path(tmp)
-        model.save_pretrained(directory / "backbone")  # before attaching: the backbone alone
+        model.save_pretrained(directory / "backbone")  # the frozen backbone, for every other process
+        (directory / "backbone_sha256").write_text(frozen)
+        variants = train_variants(directory, seed, quick, threads, jobs)
+        for name, info in variants.items():
+            if not info["backbone_identical"]:
+                raise SystemExit(f"{name}: the backbone changed during δ-mem training")
+
+        headline = max(variants, key=lambda n: variants[n]["validation_b"])  # chosen on validation, not held-out
+        log.info("headline: %s (best (b) on the validation episodes); saving it for a fresh process", headline)
         mem = memory.attach(model, VARIANTS[headline])
         mem.load_adapter_state_dict(variants[headline]["adapter"])
         names = save_for_replay(directory, mem, vocab, tests, frozen)
@@ -741,7 +831,8 @@ def summary_lines(result: dict[str, Any], seconds: float) -> list[str]:
             f"K={k}: {v:.2f}" for k, v in info["other_follows_written"].items() if v is not None
         )
         out.append(
-            f"{name}: {info['parameters']:,} δ-mem parameters, {info['steps']} episodes ({info['seconds']:.0f} s), "
+            f"{name}: {info['parameters']:,} δ-mem parameters, {info['episodes']:,} episodes in {info['steps']} "
+            f"steps ({info['seconds']:.0f} s), "
             f"(b) on validation {info['validation_b']:.3f}; backbone bit-identical afterwards: "
             f"{'yes' if info['backbone_identical'] else 'NO'}; other-episode answers that are the written "
             f"episode's value for the key: {follows_written}"
@@ -753,7 +844,8 @@ def summary_lines(result: dict[str, Any], seconds: float) -> list[str]:
         f"{'yes' if all(replay['identical'].values()) else 'NO'}, backbone sha256 identical: "
         f"{'yes' if replay['backbone_identical'] else 'NO'}"
     )
-    out.append(f"seed {result['extra']['seed']}, {result['extra']['threads']} threads, "
+    out.append(f"seed {result['extra']['seed']}, {result['extra']['jobs']} variants at once with "
+               f"{result['extra']['threads']} torch thread(s) each, "
                f"{result['extra']['tests_per_k']} held-out episodes per K; wall time {seconds:.0f} s")
     return out
 
@@ -771,6 +863,7 @@ def to_json(result: dict[str, Any], seconds: float) -> dict[str, Any]:
             name: {
                 "validation_b": info["validation_b"],
                 "steps": info["steps"],
+                "episodes": info["episodes"],
                 "seconds": info["seconds"],
                 "curve": info["curve"],
                 "parameters": info["parameters"],
@@ -784,6 +877,7 @@ def to_json(result: dict[str, Any], seconds: float) -> dict[str, Any]:
         "backbone": result["extra"]["backbone"],
         "seed": result["extra"]["seed"],
         "threads": result["extra"]["threads"],
+        "jobs": result["extra"]["jobs"],
         "tests_per_k": result["extra"]["tests_per_k"],
         "wall_seconds": seconds,
     }
@@ -799,7 +893,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds; its numbers mean nothing")
     parser.add_argument("--out", type=Path, help="also write the table as recall.md and everything as recall.json here")
+    parser.add_argument(
+        "--jobs", type=int, default=max(1, min(len(VARIANTS), (os.cpu_count() or 1))),
+        help="variants trained at once, one process each (default: one per CPU core, at most 3)",
+    )
     parser.add_argument("--replay", type=Path, help=argparse.SUPPRESS)  # the fresh process of (b′)
+    parser.add_argument("--train-variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one variant's process
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -807,8 +907,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.replay is not None:
         print(json.dumps(replay(args.replay)))
         return
+    plan = QUICK if args.quick else FULL
+    if args.train_variant is not None:
+        info = train_variant(args.train_variant, args.workdir, args.seed, plan)
+        torch.save(info, args.workdir / f"{args.train_variant}.pt")
+        return
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     start = time.perf_counter()
-    result = run(args.seed, QUICK if args.quick else FULL, args.threads)
+    result = run(args.seed, plan, args.threads, args.jobs, args.quick)
     seconds = time.perf_counter() - start
     table = render(result)
     notes = summary_lines(result, seconds)
