@@ -196,9 +196,20 @@ def distractor_line(vocab: Vocab, rng: random.Random) -> tuple[int, ...]:
     return vocab.encode([*rng.choice(forms), "<nl>"])
 
 
-def make_story(vocab: Vocab, k: int, rng: random.Random, reassign: float = 0.5) -> Story:
-    """K distinct keys with values from their families, distractors between, maybe re-assignments."""
-    keys = rng.sample(vocab.keys, k)
+def make_story(
+    vocab: Vocab, k: int, rng: random.Random, reassign: float = 0.5, families: int | None = None
+) -> Story:
+    """K distinct keys with values from their families, distractors between, maybe re-assignments.
+
+    ``families``: draw the keys from that many families chosen at random (enough to hold K
+    keys) instead of from all of them."""
+    pool = vocab.keys
+    if families is not None:
+        chosen = rng.sample(list(FAMILIES), families)
+        pool = tuple(key for key in vocab.keys if vocab.family_of[key] in chosen)
+        if len(pool) < k:
+            raise ValueError(f"{families} families hold {len(pool)} keys, fewer than K = {k}")
+    keys = rng.sample(pool, k)
     final = {key: rng.choice(vocab.values_of[vocab.family_of[key]]) for key in keys}
     again = rng.sample(keys, rng.randint(1, max(1, k // 4))) if rng.random() < reassign else []
     events = [*keys, *again]  # a key listed twice is assigned twice: an older value, then the final one
@@ -298,6 +309,18 @@ class BackboneOptions:
     """Stop once (c) at K = 6 reaches this on the validation episodes."""
 
 
+def backbone_story(vocab: Vocab, k: int, rng: random.Random) -> Story:
+    """A training history for the backbone: its K keys come from few families (one more than
+    K needs, at most), so most queries have a key of the same family with another value in
+    the history. Answering "a value of the right family that appeared" then earns little, and
+    the lookup by key forms sooner: with keys from all families, seed 1 stayed at (c) ≈ 0.70
+    for 700 steps; with these it reached 0.95 in 550. Evaluation episodes draw from all
+    families."""
+    per_family = min(len(keys) for keys, _ in FAMILIES.values())
+    needed = -(-k // per_family)
+    return make_story(vocab, k, rng, families=min(len(FAMILIES), needed + rng.randint(0, 1)))
+
+
 def train_backbone(model: Any, vocab: Vocab, validation: Sequence[Story], options: BackboneOptions, seed: int) -> dict:
     """Next-token loss on every token of history + answered queries, until (c) at K = 6 is reached."""
     rng = random.Random(seed)
@@ -309,7 +332,7 @@ def train_backbone(model: Any, vocab: Vocab, validation: Sequence[Story], option
     while step < options.max_steps:
         model.train()
         k_max = min(MAX_K, 1 + step // options.curriculum)  # short histories first
-        stories = [make_story(vocab, rng.randint(1, k_max), rng) for _ in range(options.batch)]
+        stories = [backbone_story(vocab, rng.randint(1, k_max), rng) for _ in range(options.batch)]
         ids, mask = padded([lm_sequence(vocab, s, rng) for s in stories])
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         loss.backward()
@@ -689,26 +712,25 @@ def train_variants(workdir: Path, seed: int, quick: bool, threads: int, jobs: in
     """Every variant in a process of its own (``--train-variant``), ``jobs`` at a time, the
     slowest first; each is deterministic for the seed whatever runs beside it."""
     pending, running, done = sorted(VARIANTS, key=TRAINING_ORDER.index), {}, {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            command = [sys.executable, str(Path(__file__).resolve()), "--train-variant", name,
-                       "--workdir", str(workdir), "--seed", str(seed), "--threads", str(threads)]
-            running[name] = subprocess.Popen([*command, *(["--quick"] if quick else [])])
-        finished = None
-        while finished is None:
-            for name, process in running.items():
-                if process.poll() is not None:
-                    finished = name
-                    break
-            else:
-                time.sleep(0.5)  # polling a few child processes; not a test
-        process = running.pop(finished)
-        if process.returncode != 0:
-            for other in running.values():
-                other.kill()
-            raise SystemExit(f"training {finished} failed (exit code {process.returncode}); see its log above")
-        done[finished] = torch.load(workdir / f"{finished}.pt", weights_only=False)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name = pending.pop(0)
+                command = [sys.executable, str(Path(__file__).resolve()), "--train-variant", name,
+                           "--workdir", str(workdir), "--seed", str(seed), "--threads", str(threads)]
+                running[name] = subprocess.Popen([*command, *(["--quick"] if quick else [])])
+            finished = next((name for name, process in running.items() if process.poll() is not None), None)
+            if finished is None:
+                time.sleep(0.5)  # a few child processes, polled; not a test
+                continue
+            process = running.pop(finished)
+            if process.returncode != 0:
+                raise SystemExit(f"training {finished} failed (exit code {process.returncode}); see its log above")
+            done[finished] = torch.load(workdir / f"{finished}.pt", weights_only=False)
+    finally:  # a failure or Ctrl-C stops the other trainings too
+        for process in running.values():
+            process.kill()
+            process.wait()
     return {name: done[name] for name in VARIANTS}
 
 

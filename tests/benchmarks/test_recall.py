@@ -65,6 +65,23 @@ def test_binding_queries_have_a_same_family_key_with_another_value(recall):
             assert any(vocab.family_of[k] == family and v != facts[key] for k, v in facts.items() if k != key)
 
 
+def test_backbone_histories_draw_keys_from_few_families(recall):
+    """The backbone trains on histories whose keys share families (so binding is what pays);
+    the evaluation episodes draw from every family."""
+    vocab = recall.Vocab()
+    rng = random.Random(4)
+    for k in range(1, recall.MAX_K + 1):
+        for _ in range(20):
+            story = recall.backbone_story(vocab, k, rng)
+            families = {vocab.family_of[key] for key, _ in story.facts}
+            assert len(story.facts) == k
+            assert len(families) <= min(len(recall.FAMILIES), -(-k // 6) + 1)
+    spread = {len({vocab.family_of[key] for key, _ in recall.make_story(vocab, 8, rng).facts}) for _ in range(50)}
+    assert max(spread) == len(recall.FAMILIES)
+    with pytest.raises(ValueError, match="fewer than K"):
+        recall.make_story(vocab, 7, rng, families=1)
+
+
 @pytest.mark.parametrize("variant", ["TSW", "SSW", "MSW"])
 def test_batched_training_loss_is_the_episodes_one_by_one(recall, variant):
     """Training writes 3 episodes at once (independent rows) and reads each episode's queries
