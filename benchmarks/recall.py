@@ -23,7 +23,7 @@ The run, all in one process unless said otherwise:
    bit-identical afterwards. A step trains on 16 episodes at once, each written into and
    read from a state of its own (``Memory.reset(rows=16)``; the same loss as the episodes
    one by one, tested). TSW, SSW (one segment per history line) and MSW (4 state heads) get
-   the same budget (1,800 steps, 28,800 episodes), each in a process of its own, ``--jobs``
+   the same budget (2,400 steps, 38,400 episodes), each in a process of its own, ``--jobs``
    at a time (the frozen backbone is saved once and loaded by each);
 3. held-out episodes (never seen in training or early stopping) give the table: (a) the
    frozen backbone with the query alone; (b) δ-mem with the history only in memory, for
@@ -41,7 +41,8 @@ whose numbers mean nothing):
 
 Progress goes to stderr, the table (markdown) to stdout; ``--out`` also writes it to
 ``recall.md`` and everything, learning curves included, to ``recall.json``. Results are
-deterministic for a given seed and thread count. The headline variant (the one whose
+deterministic for a given seed, ``--threads`` and ``--jobs`` (the backbone trains alone, on
+``threads × jobs`` threads). The headline variant (the one whose
 (b′), overwrite, binding and control rows are shown) is the one with the best (b) on the
 validation episodes, never on the held-out ones.
 """
@@ -405,7 +406,7 @@ def episodes_loss(mem: memory.Memory, vocab: Vocab, stories: Sequence[Story]) ->
 
 @dataclass(frozen=True)
 class MemoryOptions:
-    steps: int = 1800
+    steps: int = 2400
     """Optimizer steps."""
     batch: int = 16
     """Episodes per step, written and read together, each with its own state."""
@@ -746,7 +747,11 @@ def run(seed: int, plan: Plan, threads: int, jobs: int, quick: bool) -> dict[str
 
     log.info("backbone: training a tiny Qwen3 (%d layers, hidden %d) on next-token loss", LAYERS, HIDDEN)
     model = build_backbone(vocab, seed)
+    # The backbone trains alone: it may use every core the variants' processes use later.
+    torch.set_num_threads(threads * jobs)
     extra["backbone"] = train_backbone(model, vocab, episodes.backbone_validation, plan.backbone, seed)
+    extra["backbone"]["threads"] = threads * jobs
+    torch.set_num_threads(threads)
     extra["backbone"]["parameters"] = sum(p.numel() for p in model.parameters())
     frozen = backbone_sha256(model)
     rows["chance"] = per_k(lambda stories: [[-1] * len(s.facts) for s in stories])
@@ -910,8 +915,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1,
-        help="torch threads (default 1: on an idle 2-core CPU 2 threads train the backbone 1.7x faster, "
-        "but when another process holds a core they run 10-40x slower; 1 thread never does)",
+        help="torch threads per process (default 1: when another process holds a core, 2 threads run "
+        "10-40x slower; 1 thread never does). The backbone, trained before any variant, uses threads x jobs",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds; its numbers mean nothing")
     parser.add_argument("--out", type=Path, help="also write the table as recall.md and everything as recall.json here")
