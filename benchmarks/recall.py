@@ -556,7 +556,8 @@ def fingerprint(backbone_sha256: str, adapter_dir: Path, config: memory.DeltaMem
 def save_for_replay(
     directory: Path, mem: memory.Memory, vocab: Vocab, tests: dict[int, list[Story]], backbone_sha256: str
 ) -> dict[str, list[int]]:
-    """Write every held-out history, keep each written state; save adapter, states and queries."""
+    """Write every held-out history, keep each written state; save adapter, states and queries
+    (beside the backbone and its ``backbone_sha256``, which ``run`` saved there first)."""
     adapter_dir = memory.save_adapter(mem, directory / "adapter", base_model_id="recall-benchmark")
     states, tokens, queries = {}, {}, {}
     with torch.no_grad():
@@ -570,7 +571,6 @@ def save_for_replay(
     mem.reset()
     state_file(directory).save_states(states, fingerprint(backbone_sha256, adapter_dir, mem.config), tokens)
     (directory / "queries.json").write_text(json.dumps(queries, sort_keys=True))
-    (directory / "backbone_sha256").write_text(backbone_sha256)
     return queries
 
 
