@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -30,6 +30,26 @@ log = logging.getLogger(__name__)
 
 class EngineError(RuntimeError):
     """A failure to load or run the model, with a message a user can act on."""
+
+
+def _check_tokenizer(tokenizer: Any, model_dir: Any) -> None:
+    """Refuse a tokenizer the server cannot build prompts with.
+
+    ``AutoTokenizer`` returns an empty tokenizer for a directory without tokenizer files;
+    served as it is, every write would be 0 tokens and every completion would fail."""
+    from .prompts import FIM_TOKENS
+
+    if not tokenizer.encode("def f(x):\n    return x", add_special_tokens=False):
+        raise EngineError(
+            f"the model at {model_dir} has no usable tokenizer (it encodes text as no tokens): save the "
+            "tokenizer beside the weights (tokenizer.save_pretrained) and load them from one directory"
+        )
+    vocab = tokenizer.get_vocab()
+    if not getattr(tokenizer, "chat_template", None) and not all(token in vocab for token in FIM_TOKENS):
+        raise EngineError(
+            f"the tokenizer of {model_dir} has neither a chat template nor fill-in-the-middle tokens "
+            f"({', '.join(FIM_TOKENS)}), so no prompt can be built for it"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,6 +248,7 @@ class Engine:
         try:
             progress("loading the tokenizer")
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+            _check_tokenizer(tokenizer, model_dir)
             progress(f"loading the model on {device.type} ({'NF4' if quantization == 'nf4' else 'full precision'})")
             model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         except torch.cuda.OutOfMemoryError as error:

@@ -149,3 +149,15 @@ def test_the_server_writes_with_a_segment_write_adapter(model_dirs, tmp_path):
         mem.model(input_ids=ids)
     assert states["edits"].any() and torch.equal(states["edits"], mem.states()["edits"])
     assert not states["conventions"].any()
+
+
+def test_a_model_saved_without_its_tokenizer_is_refused_naming_it(model_dirs, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dirs["qwen3"], bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(EngineError, match="no usable tokenizer") as caught:
+        Engine.load(EngineOptions(model=str(bare), adapter=None, device="cpu"))
+    assert str(bare) in str(caught.value)
