@@ -140,7 +140,7 @@ class FrameParser:
             elif line:
                 self._add_junk(size, "bytes outside any message", line)
             return  # blank lines between messages are harmless
-        match = _HEADER.fullmatch(line)
+        match = _HEADER.fullmatch(line) if len(line) <= MAX_HEADER_LINE else None
         if match is None:
             if self._in_headers:
                 self._in_headers, self._length = False, None

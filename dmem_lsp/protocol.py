@@ -95,11 +95,13 @@ class QuietExpectedErrors(logging.Filter):
 _KEY = re.compile(r'"(id|method)"\s*:\s*')
 
 
-def salvage_request(prefix: bytes) -> tuple[int | str, str] | None:
-    """The id and method of the request whose body starts with ``prefix``, if one can be read.
+def salvage_request(prefix: bytes) -> tuple[int | str, str | None] | None:
+    """The id (and method, if it comes before the break) of the message whose body starts
+    with ``prefix``, if its id can be read.
 
-    Only top-level ``"id"`` and ``"method"`` members count (not ones inside params), so a
-    broken body is answered under its own id or not at all.
+    Only top-level ``"id"`` and ``"method"`` members count (not ones inside params), and a
+    number at the very end may have been cut, so a broken body is answered under its own
+    id or not at all.
     """
     text = prefix.decode("utf-8", "replace").lstrip()
     if not text.startswith("{"):
@@ -121,10 +123,12 @@ def salvage_request(prefix: bytes) -> tuple[int | str, str] | None:
             if key is not None:
                 try:
                     value, i = decoder.raw_decode(text, key.end())
-                    found.setdefault(key.group(1), value)
-                    continue
                 except ValueError:
-                    return None  # cut inside the value
+                    break  # cut inside the value
+                if i == len(text) and not isinstance(value, str):
+                    break  # a number at the end may have been cut short
+                found.setdefault(key.group(1), value)
+                continue
             in_string = True
         elif char in "{[":
             depth += 1
@@ -134,9 +138,9 @@ def salvage_request(prefix: bytes) -> tuple[int | str, str] | None:
                 break
         i += 1
     msg_id, method = found.get("id"), found.get("method")
-    if _valid_id(msg_id) and isinstance(method, str):
-        return msg_id, method
-    return None
+    if not _valid_id(msg_id):
+        return None
+    return msg_id, method if isinstance(method, str) else None
 
 
 def _valid_id(value: Any) -> bool:
@@ -222,8 +226,8 @@ class DmemProtocol(LanguageServerProtocol):
         if msg_id in self._salvaged:
             return  # the rest of a message already answered
         self._salvaged.add(msg_id)
-        log.warning("request %s (%s): %s", msg_id, method, message)
-        self._error(msg_id, code, f"{method}: {message}")
+        log.warning("request %s (%s): %s", msg_id, method or "method unknown", message)
+        self._error(msg_id, code, f"{method}: {message}" if method else message)
 
     # -- the envelope ----------------------------------------------------------------------
 
@@ -238,13 +242,13 @@ class DmemProtocol(LanguageServerProtocol):
             self._receive_response(data)
             return
         if not isinstance(method, str):
-            self._reject(data, None, f"invalid request: the method must be a string, not {json.dumps(method)[:40]}")
+            self._reject(is_request, msg_id, f"invalid request: the method must be a string, not {json.dumps(method)[:40]}")
             return
         if is_request and not _valid_id(msg_id):
-            self._reject(data, None, f"invalid request {method}: the id must be a number or a string, not {json.dumps(msg_id)[:40]}")
+            self._reject(is_request, None, f"invalid request {method}: the id must be a number or a string, not {json.dumps(msg_id)[:40]}")
             return
         if data.get("jsonrpc") != "2.0":
-            self._reject(data, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')
+            self._reject(is_request, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')
             return
         if is_request and _is_notification(method):
             log.warning("%s is a notification but came with id %s: handled as one and answered null", method, msg_id)
@@ -252,16 +256,15 @@ class DmemProtocol(LanguageServerProtocol):
             is_request = False
         if method != types.EXIT:
             if self.shutdown_requested:
-                self._reject(data, msg_id if is_request else None, f"{method}: the server is shutting down (only exit is accepted)")
+                self._reject(is_request, msg_id, f"{method}: the server is shutting down (only exit is accepted)")
                 return
             if not self.initialize_received and method != types.INITIALIZE:
                 self._reject(
-                    data, msg_id if is_request else None, f"{method}: the server is not initialized (send initialize first)",
-                    code=NOT_INITIALIZED,
+                    is_request, msg_id, f"{method}: the server is not initialized (send initialize first)", NOT_INITIALIZED
                 )
                 return
             if method == types.INITIALIZE and self.initialize_received:
-                self._reject(data, msg_id, "initialize was already received")
+                self._reject(is_request, msg_id, "initialize was already received")
                 return
         envelope = {key: value for key, value in data.items() if key in _ENVELOPE}
         envelope.setdefault("params", None)
@@ -285,9 +288,11 @@ class DmemProtocol(LanguageServerProtocol):
         envelope = {key: data[key] for key in ("id", "result", "error") if key in data}
         self.handle_message(self.structure_message({"jsonrpc": "2.0", **envelope}))
 
-    def _reject(self, data: dict[str, Any], msg_id: Any, message: str, code: int = INVALID_REQUEST) -> None:
-        if "id" in data and (msg_id is not None or not _valid_id(data.get("id"))):
-            self._error(msg_id, code, message)
+    def _reject(self, is_request: bool, msg_id: Any, message: str, code: int = INVALID_REQUEST) -> None:
+        """Answer a request with an error (id null if its id is invalid); a notification is only logged."""
+        if is_request:
+            log.warning("%s", message)
+            self._error(msg_id if _valid_id(msg_id) else None, code, message)
         else:
             log.warning("ignoring a notification: %s", message)
 

@@ -393,13 +393,17 @@ def _read_regular_file(path: str | None) -> str:
         raise ValueError("it is not a file: URI")
     # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was opened
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as file:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("it is not a regular file")
         if info.st_size > MAX_UNOPENED_BYTES:
             raise ValueError(f"it is larger than {MAX_UNOPENED_BYTES // 2**20} MiB ({info.st_size} bytes); open it in the editor")
-        data = file.read(MAX_UNOPENED_BYTES + 1)
+        data = b""
+        while len(data) <= MAX_UNOPENED_BYTES and (chunk := os.read(fd, MAX_UNOPENED_BYTES + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
     if len(data) > MAX_UNOPENED_BYTES:
         raise ValueError(f"it is larger than {MAX_UNOPENED_BYTES // 2**20} MiB; open it in the editor")
     return data.decode("utf-8")
