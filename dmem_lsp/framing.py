@@ -65,6 +65,8 @@ class Junk:
     reason: str
     prefix: bytes
     """The first bytes of what would have been the body (for the id of a request)."""
+    too_large: bool = False
+    """A message over the size limit, skipped unread."""
 
 
 Event = Union[Frame, Junk]
@@ -227,7 +229,8 @@ class FrameParser:
             limit = f"{self.max_message_bytes / 2**20:g} MiB"
             self._start_junk(f"a Content-Length of {self._declared} bytes is over the {limit} limit")
             self._add_junk(self._declared_read if cut else self._declared, "", body)
-            self._flush_junk()
+            self._events.append(Junk(self._junk, self._junk_reason, bytes(self._junk_prefix), too_large=True))
+            self._junk, self._junk_reason, self._junk_prefix = 0, "", bytearray()
             return
         self._events.append(Frame(bytes(body), note))
 

@@ -206,10 +206,12 @@ class DmemProtocol(LanguageServerProtocol):
                 self._error(data["id"], int(ErrorCodes.InternalError), "internal error: see the server's log")
 
     def receive_junk(self, junk: Junk) -> None:
-        log.warning("skipped %d bytes that were not a message: %s", junk.size, junk.reason)
-        if "over the" in junk.reason:  # a message dropped unread: the user may wonder where it went
+        log.warning("skipped malformed input (%d bytes): %s", junk.size, junk.reason)
+        if junk.too_large:  # a message dropped unread: the user may wonder where it went
             self._server.window_show_message(
-                types.ShowMessageParams(type=types.MessageType.Warning, message=f"dmem-lsp ignored a message: {junk.reason}")
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning, message=f"dmem-lsp ignored a message: {junk.reason}"
+                )
             )
         self._answer_broken(junk.prefix, INVALID_REQUEST, f"the message was skipped: {junk.reason}")
 
@@ -242,10 +244,12 @@ class DmemProtocol(LanguageServerProtocol):
             self._receive_response(data)
             return
         if not isinstance(method, str):
-            self._reject(is_request, msg_id, f"invalid request: the method must be a string, not {json.dumps(method)[:40]}")
+            shown = json.dumps(method)[:40]
+            self._reject(is_request, msg_id, f"invalid request: the method must be a string, not {shown}")
             return
         if is_request and not _valid_id(msg_id):
-            self._reject(is_request, None, f"invalid request {method}: the id must be a number or a string, not {json.dumps(msg_id)[:40]}")
+            shown = json.dumps(msg_id)[:40]
+            self._reject(is_request, None, f"invalid request {method}: the id must be a number or a string, not {shown}")
             return
         if data.get("jsonrpc") != "2.0":
             self._reject(is_request, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')
@@ -260,7 +264,8 @@ class DmemProtocol(LanguageServerProtocol):
                 return
             if not self.initialize_received and method != types.INITIALIZE:
                 self._reject(
-                    is_request, msg_id, f"{method}: the server is not initialized (send initialize first)", NOT_INITIALIZED
+                    is_request, msg_id, f"{method}: the server is not initialized (send initialize first)",
+                    NOT_INITIALIZED,
                 )
                 return
             if method == types.INITIALIZE and self.initialize_received:
@@ -281,7 +286,8 @@ class DmemProtocol(LanguageServerProtocol):
             if "id" in data:
                 log.warning("ignoring a response that has no valid id, result or error: %.200s", json.dumps(data))
             else:
-                self._error(None, INVALID_REQUEST, "invalid request: a message has a method or is a response with an id")
+                message = "invalid request: a message has a method, or is a response with an id"
+                self._error(None, INVALID_REQUEST, message)
             return
         if data.get("jsonrpc") != "2.0":
             log.warning('a response without "jsonrpc": "2.0" (id %s): accepted', data["id"])

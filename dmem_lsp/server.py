@@ -398,7 +398,8 @@ def _read_regular_file(path: str | None) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("it is not a regular file")
         if info.st_size > MAX_UNOPENED_BYTES:
-            raise ValueError(f"it is larger than {MAX_UNOPENED_BYTES // 2**20} MiB ({info.st_size} bytes); open it in the editor")
+            limit = MAX_UNOPENED_BYTES // 2**20
+            raise ValueError(f"it is larger than {limit} MiB ({info.st_size} bytes); open it in the editor")
         data = b""
         while len(data) <= MAX_UNOPENED_BYTES and (chunk := os.read(fd, MAX_UNOPENED_BYTES + 1 - len(data))):
             data += chunk

@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -109,7 +108,7 @@ def test_the_reader_resynchronises_after_every_malformed_frame(tmp_path):
         assert server.process.poll() is None
         assert_no_traceback(server)
         log = b"".join(server.stderr).decode(errors="replace")
-        assert "skipped" in log and "over the 64 MiB limit" in log and "not a number of bytes" in log
+        assert "skipped malformed input" in log and "over the 64 MiB limit" in log and "not a number of bytes" in log
         warned = [m for m in server.received if m.get("method") == "window/showMessage"]
         assert any("over the 64 MiB limit" in m["params"]["message"] for m in warned)
     finally:
@@ -227,6 +226,20 @@ def test_shutdown_before_initialize_does_not_stop_the_model_loading(talkative_mo
         stop(server)
 
 
+def test_a_large_message_under_the_limit_is_read(tmp_path):
+    text = "\n" + "x = 1\n" * 500_000  # 3 MB: decoded on a thread, not on the event loop
+    server = start(tmp_path)
+    try:
+        initialize(server)
+        server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///big.py", "languageId": "python", "version": 1, "text": text}})
+        server.request(1, "dmem/explain", {"textDocument": {"uri": "file:///big.py"}, "range": RANGE})
+        error = server.response(1)["error"]
+        assert error["code"] == -32602 and "holds no code" in error["message"]  # the open document's blank line
+    finally:
+        stop(server)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_unopened_documents_are_read_only_when_regular_and_small(tmp_path):
     fifo = tmp_path / "fifo.py"
     os.mkfifo(fifo)
