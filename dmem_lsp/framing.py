@@ -85,6 +85,7 @@ class FrameParser:
         # the body being read (all of it, or only its prefix when it is over the limit)
         self._body: bytearray | None = None
         self._declared = 0
+        self._declared_read = 0  # how much of it was the message, when cut at the next header
         self._remaining = 0
         self._scanned = 0  # how far the body was searched for a header
         self._recent = b""  # the last bytes read of a skipped body
