@@ -78,15 +78,17 @@ async def shutdown(ls: DmemServer, params: None) -> None:
 async def exit_now(ls: DmemServer, params: None) -> None:
     """``exit``: leave at once, with 0 after ``shutdown`` and 1 without (as LSP says).
 
-    ``shutdown`` has saved every folder's memory; without it, it is saved now. Then the
+    ``shutdown`` has saved every folder's memory (if it is still saving, this waits for it);
+    without it, it is saved now. Then the
     process ends without the interpreter's teardown, which unloads torch for seconds
     (clients kill a server that lingers 2 s after ``exit``) and cancels tasks whose
     messages can no longer be written.
     """
-    shut_down = ls.protocol._shutdown
-    if not shut_down:
-        await ls.close()
-    ls.exit_process(0 if shut_down else 1)
+    shut_down = ls.protocol.shutdown_requested
+    try:
+        await ls.close()  # saved by shutdown already; or still saving (this waits); or not yet
+    finally:
+        ls.exit_process(0 if shut_down else 1)
 
 
 async def did_change_configuration(ls: DmemServer, params: types.DidChangeConfigurationParams) -> None:

@@ -1,26 +1,50 @@
-"""The JSON-RPC protocol with pygls 2.1's silent failures closed.
+"""The JSON-RPC protocol with pygls 2.1's silent failures closed: every request gets one answer.
 
-pygls structures a message inside ``json.loads(object_hook=...)``; when a request's params
-do not fit their lsprotocol type it raises there, the reader logs it and drops the message,
-and the client waits forever. Here such a request is answered with InvalidParams (naming
-the bad fields), and a body that is not JSON at all gets a ParseError response (id null),
-as JSON-RPC 2.0 asks.
+pygls drops, without a word to the client, a request whose params do not fit their
+lsprotocol type, a body that is not JSON (or not UTF-8, or nested too deeply), a message
+without ``"jsonrpc": "2.0"``, an id that is null or an object, requests after ``shutdown``,
+and notification methods sent with an id; requests before ``initialize`` fail with an
+internal error, and internal errors carry the Python traceback to the client. Here:
+
+- ``receive_frame`` decodes a framed body itself and checks the envelope before pygls sees
+  it: a body that is not JSON gets ParseError, a message that is not a valid request gets
+  InvalidRequest (id null when the id itself is invalid), bad params get InvalidParams
+  naming the fields; a notification method sent with an id is handled and answered null.
+- Before ``initialize`` requests get ServerNotInitialized (notifications are dropped, as LSP
+  says); after ``shutdown`` they get InvalidRequest; ``exit`` is always accepted.
+- ``shutdown`` cancels every pending request (each is answered RequestCancelled) and saves.
+- ``receive_junk`` handles bytes that were not a message (see ``framing``): logged, and a
+  request found at their start is answered with InvalidRequest saying why.
+- Errors are sent as one line; tracebacks stay in the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 from typing import Any
 
+import attrs
 import cattrs
+from lsprotocol import types
 from lsprotocol.types import ErrorCodes
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
-from pygls.protocol import LanguageServerProtocol
+from pygls.protocol import LanguageServerProtocol, lsp_method
 
-__all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json"]
+from .framing import Frame, Junk
+
+__all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json", "salvage_request"]
 
 log = logging.getLogger(__name__)
+
+PARSE_ERROR = int(ErrorCodes.ParseError)
+INVALID_REQUEST = int(ErrorCodes.InvalidRequest)
+NOT_INITIALIZED = int(ErrorCodes.ServerNotInitialized)
+DECODE_OFF_LOOP = 2**20
+"""Bodies larger than this (1 MiB) are decoded on a thread, not on the event loop."""
+_ENVELOPE = {"jsonrpc", "id", "method", "params"}
 
 
 def as_json(value: Any) -> Any:
@@ -68,7 +92,243 @@ class QuietExpectedErrors(logging.Filter):
         return True
 
 
+_KEY = re.compile(r'"(id|method)"\s*:\s*')
+
+
+def salvage_request(prefix: bytes) -> tuple[int | str, str | None] | None:
+    """The id (and method, if it comes before the break) of the message whose body starts
+    with ``prefix``, if its id can be read.
+
+    Only top-level ``"id"`` and ``"method"`` members count (not ones inside params), and a
+    number at the very end may have been cut, so a broken body is answered under its own
+    id or not at all.
+    """
+    text = prefix.decode("utf-8", "replace").lstrip()
+    if not text.startswith("{"):
+        return None
+    found: dict[str, Any] = {}
+    decoder = json.JSONDecoder()
+    depth, in_string, escaped, i = 0, False, False, 0
+    while i < len(text) and len(found) < 2:
+        char = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            key = _KEY.match(text, i) if depth == 1 else None
+            if key is not None:
+                try:
+                    value, i = decoder.raw_decode(text, key.end())
+                except ValueError:
+                    break  # cut inside the value
+                if i == len(text) and not isinstance(value, str):
+                    break  # a number at the end may have been cut short
+                found.setdefault(key.group(1), value)
+                continue
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth <= 0:
+                break
+        i += 1
+    msg_id, method = found.get("id"), found.get("method")
+    if not _valid_id(msg_id):
+        return None
+    return msg_id, method if isinstance(method, str) else None
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_notification(method: str) -> bool:
+    """An LSP notification method (its message has no id)."""
+    message_type = types.METHOD_TO_TYPES.get(method, (None,))[0]
+    return message_type is not None and "id" not in attrs.fields_dict(message_type)
+
+
+class _Rejected(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _Rejected(PARSE_ERROR, f"parse error: the message is not UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _Rejected(PARSE_ERROR, f"parse error: {error}") from None
+    except RecursionError:
+        raise _Rejected(INVALID_REQUEST, "the message is nested too deeply") from None
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class DmemProtocol(LanguageServerProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initialize_received = False
+        self.shutdown_requested = False
+        """Set when ``shutdown`` arrives: from then on only ``exit`` is accepted."""
+        self._salvaged: set[int | str] = set()
+
+    # -- what the reader hands over ---------------------------------------------------------
+
+    async def receive_frame(self, frame: Frame) -> None:
+        if frame.note:
+            log.warning("a message was framed wrongly (%s): resynchronised", frame.note)
+        try:
+            if len(frame.body) > DECODE_OFF_LOOP:
+                data = await asyncio.get_running_loop().run_in_executor(None, _decode, frame.body)
+            else:
+                data = _decode(frame.body)
+        except _Rejected as error:
+            self._answer_broken(frame.body, error.code, error.message, or_null=True)
+            return
+        try:
+            self.receive_message(data)
+        except Exception:  # pygls answers what it handles; this is a bug of ours
+            log.exception("cannot handle a message")
+            if isinstance(data, dict) and "method" in data and _valid_id(data.get("id")):
+                self._error(data["id"], int(ErrorCodes.InternalError), "internal error: see the server's log")
+
+    def receive_junk(self, junk: Junk) -> None:
+        log.warning("skipped malformed input (%d bytes): %s", junk.size, junk.reason)
+        if junk.too_large:  # a message dropped unread: the user may wonder where it went
+            self._server.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning, message=f"dmem-lsp ignored a message: {junk.reason}"
+                )
+            )
+        self._answer_broken(junk.prefix, INVALID_REQUEST, f"the message was skipped: {junk.reason}")
+
+    def _answer_broken(self, prefix: bytes, code: int, message: str, or_null: bool = False) -> None:
+        """Answer a message that could not be read: under its id if it is a readable request,
+        else with id null if ``or_null`` (JSON-RPC's answer to a body that is not a request)."""
+        found = salvage_request(prefix)
+        if found is None:
+            log.warning("%s", message)
+            if or_null:
+                self._error(None, code, message)
+            return
+        msg_id, method = found
+        if msg_id in self._salvaged:
+            return  # the rest of a message already answered
+        self._salvaged.add(msg_id)
+        log.warning("request %s (%s): %s", msg_id, method or "method unknown", message)
+        self._error(msg_id, code, f"{method}: {message}" if method else message)
+
+    # -- the envelope ----------------------------------------------------------------------
+
+    def receive_message(self, data: Any) -> None:
+        """Check a decoded message's envelope and the server's state, then let pygls handle it."""
+        if not isinstance(data, dict):
+            kind = "a batch (an array)" if isinstance(data, list) else type(data).__name__
+            self._error(None, INVALID_REQUEST, f"invalid request: a message is a JSON object, not {kind}")
+            return
+        method, msg_id, is_request = data.get("method"), data.get("id"), "id" in data
+        if "method" not in data:
+            self._receive_response(data)
+            return
+        if not isinstance(method, str):
+            shown = json.dumps(method)[:40]
+            self._reject(is_request, msg_id, f"invalid request: the method must be a string, not {shown}")
+            return
+        if is_request and not _valid_id(msg_id):
+            shown = json.dumps(msg_id)[:40]
+            self._reject(is_request, None, f"invalid request {method}: the id must be a number or a string, not {shown}")
+            return
+        if data.get("jsonrpc") != "2.0":
+            self._reject(is_request, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')
+            return
+        if is_request and _is_notification(method):
+            log.warning("%s is a notification but came with id %s: handled as one and answered null", method, msg_id)
+            self._send_data({"jsonrpc": "2.0", "id": msg_id, "result": None})
+            is_request = False
+        if method != types.EXIT:
+            if self.shutdown_requested:
+                self._reject(is_request, msg_id, f"{method}: the server is shutting down (only exit is accepted)")
+                return
+            if not self.initialize_received and method != types.INITIALIZE:
+                self._reject(
+                    is_request, msg_id, f"{method}: the server is not initialized (send initialize first)",
+                    NOT_INITIALIZED,
+                )
+                return
+            if method == types.INITIALIZE and self.initialize_received:
+                self._reject(is_request, msg_id, "initialize was already received")
+                return
+        envelope = {key: value for key, value in data.items() if key in _ENVELOPE}
+        envelope.setdefault("params", None)
+        if not is_request:
+            envelope.pop("id", None)
+        message = self.structure_message(envelope)
+        if method == types.INITIALIZE and not isinstance(message, _Answered):
+            self.initialize_received = True
+        self.handle_message(message)
+
+    def _receive_response(self, data: dict[str, Any]) -> None:
+        """A response to a request of the server's; never answered, so only logged when broken."""
+        if not _valid_id(data.get("id")) or not ("result" in data or "error" in data):
+            if "id" in data:
+                log.warning("ignoring a response that has no valid id, result or error: %.200s", json.dumps(data))
+            else:
+                message = "invalid request: a message has a method, or is a response with an id"
+                self._error(None, INVALID_REQUEST, message)
+            return
+        if data.get("jsonrpc") != "2.0":
+            log.warning('a response without "jsonrpc": "2.0" (id %s): accepted', data["id"])
+        envelope = {key: data[key] for key in ("id", "result", "error") if key in data}
+        self.handle_message(self.structure_message({"jsonrpc": "2.0", **envelope}))
+
+    def _reject(self, is_request: bool, msg_id: Any, message: str, code: int = INVALID_REQUEST) -> None:
+        """Answer a request with an error (id null if its id is invalid); a notification is only logged."""
+        if is_request:
+            log.warning("%s", message)
+            self._error(msg_id if _valid_id(msg_id) else None, code, message)
+        else:
+            log.warning("ignoring a notification: %s", message)
+
+    def _error(self, msg_id: int | str | None, code: int, message: str) -> None:
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": _one_line(message)}})
+
+    def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
+        """One line in the error; a traceback (pygls puts it in ``data``) stays in the log."""
+        if error is not None:
+            data = None if isinstance(error.data, dict) and "traceback" in error.data else error.data
+            error = types.ResponseError(code=error.code, message=_one_line(error.message), data=data)
+        super()._send_response(msg_id, result, error)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    @lsp_method(types.SHUTDOWN)
+    def lsp_shutdown(self, *args: Any) -> Any:
+        """Cancel every pending request (each is answered RequestCancelled), then the server's handler."""
+        self.shutdown_requested = True
+        current = self.msg_id
+        for msg_id, future in list(self._request_futures.items()):  # callbacks may remove entries
+            if msg_id != current and not future.done():
+                future.cancel()
+        if (user_handler := self.fm.features.get(types.SHUTDOWN)) is not None:
+            yield user_handler, args, None
+        self._shutdown = True
+        return None
+
+    # -- what pygls structures ---------------------------------------------------------------
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
@@ -89,13 +349,3 @@ class DmemProtocol(LanguageServerProtocol):
         if isinstance(message, _Answered):
             return
         super().handle_message(message)
-
-    def answer_parse_error(self, error: json.JSONDecodeError) -> None:
-        """Reply to a body that is not JSON (the id cannot be known, so it is null)."""
-        log.warning("received a message that is not JSON: %s", error)
-        response = {
-            "jsonrpc": "2.0",
-            "id": None,
-            "error": {"code": int(ErrorCodes.ParseError), "message": f"parse error: {error}"},
-        }
-        self._send_data(response)

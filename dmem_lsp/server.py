@@ -11,21 +11,24 @@ in ``features.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+import stat
 import sys
+import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from . import __version__
 from .assist import Answer
+from .framing import CHUNK, serve, stdin_chunks
 from .learning import Learner
 from .protocol import DmemProtocol, QuietExpectedErrors, as_json
 from .settings import ENGINE_KEYS, Settings, merge, parse_settings
@@ -46,6 +49,9 @@ QUIET = QuietExpectedErrors()
 
 REPORT_EVERY = 8
 """Tokens between two progress reports of a request that carries a workDoneToken."""
+
+MAX_UNOPENED_BYTES = 4 * 2**20
+"""The largest file read from disk for a request about a document the editor did not open (4 MiB)."""
 
 
 class RequestFailed(JsonRpcException):
@@ -74,6 +80,7 @@ class DmemServer(LanguageServer):
         self._engine_ready: asyncio.Future[Engine] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._latest: dict[str, asyncio.Task[Any]] = {}
+        self._closing: asyncio.Future[None] | None = None
         self.learner = Learner(self)
 
     # -- settings -----------------------------------------------------------------------
@@ -303,18 +310,58 @@ class DmemServer(LanguageServer):
         return on_token
 
     def document_text(self, uri: str) -> tuple[Any, str]:
-        """The document (open in the editor, or read from disk) and its text."""
-        document = self.workspace.get_text_document(uri)
-        try:
-            return document, document.source
-        except (OSError, UnicodeDecodeError) as error:
-            raise JsonRpcInvalidParams(f"{uri} is not open in the editor and cannot be read: {error}") from error
+        """The document (open in the editor, or read from disk) and its text.
 
-    def report_server_error(self, error: Exception, source: Any) -> None:
-        if isinstance(error, json.JSONDecodeError):  # a body that is not JSON: answer it
-            self.protocol.answer_parse_error(error)
-            return
-        super().report_server_error(error, source)
+        A document the editor did not open is read only if it is a regular file of at most
+        ``MAX_UNOPENED_BYTES`` (a FIFO would block the server, ``/dev/zero`` never ends).
+        """
+        document = self.workspace.get_text_document(uri)
+        if document._source is not None:  # open in the editor
+            return document, document.source
+        try:
+            text = _read_regular_file(document.path if uri.startswith("file:") else None)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise JsonRpcInvalidParams(f"{uri} is not open in the editor and cannot be read: {error}") from error
+        document._source = text  # pygls would read the file again on every access
+        return document, text
+
+    # -- the transports: pygls' own, with this package's reader (see framing.py) -----------------
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+
+        async def main() -> None:
+            read = stdin_chunks(stdin or sys.stdin.buffer)
+            await serve(read, self.protocol.receive_frame, self.protocol.receive_junk, self._stop_event)
+
+        try:
+            asyncio.run(main())
+        except BrokenPipeError:
+            log.error("the client closed the connection")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    def start_tcp(self, host: str, port: int) -> None:
+        self._stop_event = stop = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await serve(lambda: reader.read(CHUNK), self.protocol.receive_frame, self.protocol.receive_junk, stop)
+            self.shutdown()
+
+        async def main() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            log.info("Serving on %s", ", ".join(str(sock.getsockname()) for sock in self._server.sockets))
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            log.debug("the TCP server was stopped")
 
     def exit_process(self, code: int) -> None:
         """End the process now: flush what was written (the protocol, the logs), skip teardown."""
@@ -327,12 +374,40 @@ class DmemServer(LanguageServer):
         os._exit(code)
 
     async def close(self) -> None:
-        """Stop what runs, save every folder's memory and let go of its lock."""
+        """Stop what runs, save every folder's memory and let go of its lock (once: a second
+        call, such as ``exit`` during ``shutdown``, waits for the first)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         for task in list(self._latest.values()):
             task.cancel()
         if self.engine is not None:
             await self.learner.shutdown()
         self.worker.close()
+
+
+def _read_regular_file(path: str | None) -> str:
+    if path is None:
+        raise ValueError("it is not a file: URI")
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was opened
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file")
+        if info.st_size > MAX_UNOPENED_BYTES:
+            limit = MAX_UNOPENED_BYTES // 2**20
+            raise ValueError(f"it is larger than {limit} MiB ({info.st_size} bytes); open it in the editor")
+        data = b""
+        while len(data) <= MAX_UNOPENED_BYTES and (chunk := os.read(fd, MAX_UNOPENED_BYTES + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_UNOPENED_BYTES:
+        raise ValueError(f"it is larger than {MAX_UNOPENED_BYTES // 2**20} MiB; open it in the editor")
+    return data.decode("utf-8")
 
 
 def _is_engine_error(error: BaseException) -> bool:
