@@ -181,6 +181,9 @@ async def test_explain_returns_the_models_markdown(session, engine):
     text = path.read_text()
     assert text.startswith("# settings.py, lines 3–4\n") and code in text and text.rstrip().endswith(expected)
     assert path.parent.stat().st_mode & 0o077 == 0  # the user's alone
+    # under progress the server created (window/workDoneProgress/create), ended before the document opened
+    (reports,) = [r for t, r in client.progress_reports.items() if r and getattr(r[0], "title", "") == "dmem: explain" and str(t).startswith("dmem-")]
+    assert reports[0].kind == "begin" and reports[-1].kind == "end"
 
 
 async def test_an_explanation_stops_at_its_deadline_or_when_cancelled(session, engine):
