@@ -7,6 +7,7 @@ server's handlers stay thin and these can be tested and benchmarked without a se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -16,9 +17,10 @@ from .settings import CompletionSettings, ExplainSettings
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Answer", "complete", "explain", "tokenize_for_write", "write_memory", "NO_EXPLANATION"]
+__all__ = ["Answer", "complete", "explain", "word_before", "tokenize_for_write", "write_memory", "NO_EXPLANATION"]
 
 NO_EXPLANATION = "_The model gave no explanation._"
+_WORD = re.compile(r"[\w$]+$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,16 @@ def complete(
     )
     text = trim_suffix_overlap(generation.text, suffix if multiline else line_after)
     return Answer(text, len(generation.token_ids), generation.cancelled)
+
+
+def word_before(prefix: str) -> str:
+    """The word the cursor ends (letters, digits, ``_`` and ``$``), or "" after anything else.
+
+    Completion clients (eglot, ALE, VS Code's suggest widget) filter items by this word and
+    replace it on accepting, so an item starts with it and its edit starts where it does.
+    """
+    match = _WORD.search(prefix[-256:])
+    return match.group(0) if match else ""
 
 
 def explain(

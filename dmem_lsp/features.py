@@ -8,25 +8,31 @@ Requests are async so that cancellation reaches the job while it runs.
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cattrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
-from . import assist
+from . import assist, explanations
 from .protocol import as_json
 from .learning import log_failure, looks_like_an_error
 from .server import DmemServer, RequestFailed
 
 __all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
 
+log = logging.getLogger(__name__)
+
 EXPLAIN = "dmem/explain"
 """Request ``{textDocument: {uri}, range}`` → ``{markdown}``."""
 EXPLAIN_COMMAND = "dmem.explain"
-"""Command with arguments ``[uri, range]`` (or one object like dmem/explain's params)."""
+"""Command with arguments ``[uri, range]`` (or one object like dmem/explain's params): answers
+null at once; the explanation is then opened as a markdown file (or shown as a message)."""
 DEBUG_STEP = "dmem/debugStep"
 """Notification ``{uri?, text, kind}``: a diagnostic, a test failure, a stack trace."""
 REMEMBER = "dmem.rememberDebugStep"
@@ -130,17 +136,23 @@ async def inline_completion(ls: DmemServer, params: types.InlineCompletionParams
 
 async def completion(ls: DmemServer, params: types.CompletionParams) -> types.CompletionList | None:
     automatic = params.context is not None and params.context.trigger_kind != types.CompletionTriggerKind.Invoked
+    # the item replaces the word before the cursor (as typed when asked), so that clients which
+    # filter by that word and replace it (eglot, ALE) keep the item and the typed characters
+    document, source = ls.document_text(params.text_document.uri)
+    offset = document.offset_at_position(params.position)
+    word = assist.word_before(source[:offset])
+    start = document.client_position_at_offset(offset - len(word))
     text = await _complete(ls, params.text_document.uri, params.position, automatic, params.work_done_token)
     if text is None:
         return None
-    here = types.Range(start=params.position, end=params.position)
-    label = text.strip().splitlines()[0][:60] if text.strip() else text
+    whole = word + text
+    label = whole.splitlines()[0][:60] if word else (text.strip().splitlines() or [text])[0][:60]
     item = types.CompletionItem(
         label=label,
         kind=types.CompletionItemKind.Text,
         detail="dmem",
-        filter_text="",
-        text_edit=types.TextEdit(range=here, new_text=text),
+        filter_text=label,
+        text_edit=types.TextEdit(range=types.Range(start=start, end=params.position), new_text=whole),
         insert_text_format=types.InsertTextFormat.PlainText,
     )
     # incomplete: the client asks again as the user types, instead of filtering this item
@@ -158,7 +170,19 @@ def code_action(ls: DmemServer, params: types.CodeActionParams) -> list[types.Co
     ]
 
 
-async def _explain(ls: DmemServer, uri: str, selection: types.Range, token: types.ProgressToken | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Question:
+    """What an explanation is asked about."""
+
+    uri: str
+    selection: types.Range
+    """Whole lines when the client sent a cursor."""
+    code: str
+    context: str
+    language: str
+
+
+def _question(ls: DmemServer, uri: str, selection: types.Range) -> _Question:
     document, source = ls.document_text(uri)
     if selection.start == selection.end:  # a cursor: explain its line
         selection = types.Range(
@@ -171,17 +195,60 @@ async def _explain(ls: DmemServer, uri: str, selection: types.Range, token: type
         raise JsonRpcInvalidParams(f"{EXPLAIN}: the range holds no code to explain")
     context = source[max(0, start - 4000) : start] + code + source[end : end + 2000]
     language = document.language_id or PurePosixPath(document.path or uri).suffix.lstrip(".") or "text"
+    return _Question(uri, selection, code, context, language)
+
+
+async def _explain(
+    ls: DmemServer, question: _Question, token: types.ProgressToken | None, supersede: str | None = None
+) -> str:
+    """The markdown explanation; cut short (and saying so) at ``explain.deadlineMs``."""
     settings = ls.settings.explain
     answer = await ls.run(
         "explain",
-        lambda engine, stop, on_token: assist.explain(engine, code, context, language, settings, stop, on_token),
-        uri=uri,
+        lambda engine, stop, on_token: assist.explain(
+            engine, question.code, question.context, question.language, settings, stop, on_token
+        ),
+        uri=question.uri,
         token=token,
+        supersede=supersede,
+        deadline_ms=settings.deadline_ms,
     )
-    if looks_like_an_error(code):  # an explanation asked about an error is a debugging step
-        step = f"{code.strip()}\n\nExplanation:\n{answer.text}"
-        asyncio.ensure_future(ls.learner.debug_step(uri, step, "explanation")).add_done_callback(log_failure)
-    return {"markdown": answer.text}
+    if looks_like_an_error(question.code):  # an explanation asked about an error is a debugging step
+        step = f"{question.code.strip()}\n\nExplanation:\n{answer.text}"
+        asyncio.ensure_future(ls.learner.debug_step(question.uri, step, "explanation")).add_done_callback(log_failure)
+    if answer.cancelled:
+        return f"{answer.text}\n\n_Cut short: explain.deadlineMs is {settings.deadline_ms} ms._"
+    return answer.text
+
+
+async def _explain_and_show(ls: DmemServer, question: _Question) -> None:
+    """Explain in the background, under progress, then open the markdown in the editor
+    (``window/showDocument``), or show it as a message where the client cannot open it."""
+    first, last = question.selection.start.line + 1, question.selection.end.line
+    if question.selection.end.character > 0 or last < first:
+        last += 1
+    name = PurePosixPath(to_fs_path(question.uri) or question.uri).name
+    where = explanations.title(name, first, last)
+    token = await ls.create_progress()
+    if token is None:
+        ls.show(types.MessageType.Info, f"dmem: explaining {where}…")
+    try:
+        # a key of its own: never superseded, but stopped at shutdown like every running request
+        markdown = await _explain(ls, question, token, supersede=f"{EXPLAIN_COMMAND}:{uuid.uuid4()}")
+    except JsonRpcException as error:
+        ls.show(types.MessageType.Error, f"dmem: explain failed: {error}")
+        return
+    path = explanations.write_explanation(name, first, last, question.code, question.language, markdown)
+    if ls.can_show_documents():
+        try:
+            shown = await asyncio.wait_for(
+                ls.window_show_document_async(types.ShowDocumentParams(uri=path.as_uri(), take_focus=True)), 60
+            )
+            if shown.success:
+                return
+        except Exception as error:  # the message below still reaches the user
+            log.warning("window/showDocument failed: %s", error)
+    ls.show(types.MessageType.Info, f"dmem: {where} (in {path}):\n\n{markdown}")
 
 
 def _explain_target(ls: DmemServer, raw: Any, usage: str) -> tuple[str, types.Range, Any]:
@@ -201,10 +268,12 @@ def _explain_target(ls: DmemServer, raw: Any, usage: str) -> tuple[str, types.Ra
 async def explain(ls: DmemServer, params: Any) -> dict[str, str]:
     raw = as_json(params)
     uri, selection, token = _explain_target(ls, raw, f"{EXPLAIN} expects {{textDocument: {{uri}}, range}}")
-    return await _explain(ls, uri, selection, token)
+    return {"markdown": await _explain(ls, _question(ls, uri, selection), token)}
 
 
-async def explain_command(ls: DmemServer, *arguments: Any) -> dict[str, str]:
+async def explain_command(ls: DmemServer, *arguments: Any) -> None:
+    """Answer at once (clients wait for commands with short timeouts, and many drop the result);
+    the explanation follows through ``_explain_and_show``."""
     usage = f"{EXPLAIN_COMMAND} expects the arguments [uri, range] or [{{textDocument: {{uri}}, range}}]"
     if len(arguments) == 2:
         raw = {"textDocument": {"uri": arguments[0]}, "range": as_json(arguments[1])}
@@ -212,8 +281,9 @@ async def explain_command(ls: DmemServer, *arguments: Any) -> dict[str, str]:
         raw = as_json(arguments[0])
     else:
         raise JsonRpcInvalidParams(usage)
-    uri, selection, token = _explain_target(ls, raw, usage)
-    return await _explain(ls, uri, selection, token)
+    uri, selection, _ = _explain_target(ls, raw, usage)
+    question = _question(ls, uri, selection)
+    asyncio.ensure_future(_explain_and_show(ls, question)).add_done_callback(log_failure)
 
 
 # -- memory -----------------------------------------------------------------------------

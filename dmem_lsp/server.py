@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
@@ -152,6 +153,8 @@ class DmemServer(LanguageServer):
         settings = self.settings
         ready = self.engine_ready()
         token = await self.begin_progress("dmem: loading the model", settings.model)
+        if token is None:  # a client without $/progress (eglot 1.9, ALE) still says what happens
+            self.show(types.MessageType.Info, f"dmem-lsp: loading {settings.model}…")
         self.set_status("loading", f"loading {settings.model}")
         loop = asyncio.get_running_loop()
 
@@ -182,6 +185,8 @@ class DmemServer(LanguageServer):
         ready.set_result(engine)
         self.end_progress(token, "ready")
         self.set_status("ready", f"{settings.model} on {engine.device}")
+        if token is None:
+            self.show(types.MessageType.Info, f"dmem-lsp: ready ({settings.model} on {engine.device})")
         for root in self.workspace_roots():
             await self.open_folder(root)
 
@@ -210,7 +215,8 @@ class DmemServer(LanguageServer):
 
     # -- progress the server starts --------------------------------------------------------
 
-    async def begin_progress(self, title: str, message: str = "") -> str | None:
+    async def create_progress(self) -> str | None:
+        """A token the client accepted (window/workDoneProgress/create); None if it shows no progress."""
         window = self.client_capabilities.window
         if not (window and window.work_done_progress):
             return None
@@ -220,8 +226,17 @@ class DmemServer(LanguageServer):
         except Exception as error:
             log.warning("the client refused a progress token: %s", error)
             return None
-        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message))
         return token
+
+    async def begin_progress(self, title: str, message: str = "") -> str | None:
+        token = await self.create_progress()
+        if token is not None:
+            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message))
+        return token
+
+    def can_show_documents(self) -> bool:
+        window = self.client_capabilities.window
+        return bool(window and window.show_document and window.show_document.support)
 
     def report_progress(self, token: str | None, message: str) -> None:
         if token is not None:
@@ -247,12 +262,16 @@ class DmemServer(LanguageServer):
         token: types.ProgressToken | None = None,
         supersede: str | None = None,
         debounce_ms: int = 0,
+        deadline_ms: int = 0,
     ) -> Answer:
         """Run ``fn(engine, should_stop, on_token)`` on the worker and await its answer.
 
         The model reads the memory of the workspace folder holding ``uri`` (none outside
         every folder). Cancelling the awaiting task (``$/cancelRequest``, shutdown, or a newer request
-        with the same ``supersede`` key) stops the job within one decoding step.
+        with the same ``supersede`` key) stops the job within one decoding step. So does
+        ``deadline_ms`` (0: none) after the engine is ready: then ``fn`` sees ``should_stop()``
+        and its answer comes back (``Answer.cancelled``), so a request whose client gave up
+        (a timeout sends no $/cancelRequest) frees the worker for the next one.
         """
         task = asyncio.current_task()
         if supersede is not None and task is not None:
@@ -267,9 +286,13 @@ class DmemServer(LanguageServer):
             on_token = self._progress(name, token)
             folder = self.learner.folder_for(uri)
 
+            deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms else None
+
             def serve(stop: Callable[[], bool]) -> Answer:
                 self.learner.activate(folder)
-                return fn(engine, stop, on_token)
+                if deadline is None:
+                    return fn(engine, stop, on_token)
+                return fn(engine, lambda: stop() or time.monotonic() >= deadline, on_token)
 
             job = self.worker.submit(serve, priority=Priority.REQUEST, name=name)
             try:

@@ -50,6 +50,9 @@ class ExplainSettings:
     """The most tokens one explanation generates."""
     code_tokens: int = _setting(1024, minimum=16)
     """How many tokens of the selected code the prompt keeps (its surroundings get half)."""
+    deadline_ms: int = _setting(60000, minimum=0)
+    """The longest an explanation generates once the model is ready (0: no limit); then it stops
+    and what it has is shown, marked as cut short. Work a client has given up on ends here."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> An
             continue
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
+            if value == []:  # an empty Lua table (Neovim) is encoded as []
+                value = {}
             if isinstance(value, dict):
                 values[f.name] = _parse(kind, value, f"{path}{key}.", warnings)
             else:
@@ -147,11 +152,18 @@ def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> An
     return cls(**values)
 
 
+def _section(raw: Any) -> Any:
+    """The ``dmem`` section of ``raw`` when it has one, else ``raw``. An empty list is an empty
+    object: Neovim's Lua encodes an empty table (``settings = { dmem = {} }``) as ``[]``."""
+    if isinstance(raw, dict) and (isinstance(raw.get("dmem"), dict) or raw.get("dmem") == []):
+        raw = raw["dmem"]
+    return {} if raw == [] else raw
+
+
 def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
     """Settings from an editor's JSON, and a warning for every value that was ignored."""
     warnings: list[str] = []
-    if isinstance(raw, dict) and isinstance(raw.get("dmem"), dict):
-        raw = raw["dmem"]
+    raw = _section(raw)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -162,8 +174,7 @@ def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
 
 def merge(base: Any, override: dict[str, Any]) -> dict[str, Any]:
     """``override`` laid over ``base`` (nested objects merged key by key)."""
-    if isinstance(base, dict) and isinstance(base.get("dmem"), dict):
-        base = base["dmem"]
+    base = _section(base)
     merged = dict(base) if isinstance(base, dict) else {}
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

@@ -32,6 +32,7 @@ def server_env(data_home: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if data_home is not None:
         env["XDG_DATA_HOME"] = str(data_home)
+        env["XDG_CACHE_HOME"] = str(data_home / "cache")  # explanations the server writes
     return env
 
 
@@ -123,6 +124,16 @@ def make_client() -> LanguageClient:
         client.statuses.append(plain(params))
         client.status_changed.set()
 
+    client.document_shown = asyncio.Event()
+
+    def on_show_document(params: types.ShowDocumentParams) -> types.ShowDocumentResult:
+        client.shown_documents.append(params)
+        client.document_shown.set()
+        return types.ShowDocumentResult(success=True)
+
+    # in place of pytest-lsp's own handler (which records without telling anyone)
+    client.protocol.fm.features[types.WINDOW_SHOW_DOCUMENT] = on_show_document
+
     @client.feature("dmem/memory")
     def on_memory(client: LanguageClient, params: Any) -> None:
         client.memory_events.append(plain(params))
@@ -132,7 +143,11 @@ def make_client() -> LanguageClient:
 
 
 CAPABILITIES = types.ClientCapabilities(
-    window=types.WindowClientCapabilities(work_done_progress=True, show_message=types.ShowMessageRequestClientCapabilities()),
+    window=types.WindowClientCapabilities(
+        work_done_progress=True,
+        show_message=types.ShowMessageRequestClientCapabilities(),
+        show_document=types.ShowDocumentClientCapabilities(support=True),
+    ),
     workspace=types.WorkspaceClientCapabilities(configuration=True, did_change_configuration=types.DidChangeConfigurationClientCapabilities()),
     text_document=types.TextDocumentClientCapabilities(
         inline_completion=types.InlineCompletionClientCapabilities(),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
+from pygls.uris import to_fs_path
 
 from dmem_lsp.engine import Engine, EngineOptions
 from dmem_lsp.prompts import explain_prompt, is_multiline
@@ -110,6 +112,25 @@ async def test_inline_completion_is_the_engines_greedy_text(session, engine, lin
     assert entry.text_edit.new_text == expected and listed.is_incomplete
 
 
+async def test_a_completion_item_replaces_the_word_before_the_cursor(session, engine):
+    """After ``return a`` the item starts with ``a`` and its edit starts before it, so clients that
+    filter by the typed word (eglot, ALE) show it and accepting it keeps the ``a``."""
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    offset = SOURCE.index("return a") + len("return a")
+    expected = expected_completion(engine, SOURCE[:offset], SOURCE[offset:], False)
+    listed = await asyncio.wait_for(
+        client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=at(3, 12))
+        ),
+        TIMEOUT,
+    )
+    (entry,) = listed.items
+    assert entry.text_edit.new_text == "a" + expected
+    assert entry.text_edit.range == types.Range(start=at(3, 11), end=at(3, 12))
+    assert entry.label.startswith("a") and entry.filter_text.startswith("a")
+
+
 async def test_explain_returns_the_models_markdown(session, engine):
     client, _, _, uri = session
     await wait_for_status(client, "ready")
@@ -137,13 +158,61 @@ async def test_explain_returns_the_models_markdown(session, engine):
     client.protocol._result_types["code-action"] = None
     (action,) = plain(await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT))
     assert action["command"]["command"] == "dmem.explain" and action["title"] == "Explain with dmem"
+
+    # the command answers at once; the explanation follows as a markdown file the client opens
+    shown = len(client.shown_documents)
     via_command = await asyncio.wait_for(
         client.workspace_execute_command_async(
             types.ExecuteCommandParams(command="dmem.explain", arguments=action["command"]["arguments"])
         ),
         TIMEOUT,
     )
-    assert plain(via_command) == {"markdown": expected}
+    assert via_command is None
+
+    async def opened():
+        while len(client.shown_documents) == shown:
+            client.document_shown.clear()
+            await client.document_shown.wait()
+
+    await asyncio.wait_for(opened(), TIMEOUT)
+    document = client.shown_documents[-1]
+    path = Path(to_fs_path(document.uri))
+    assert document.take_focus and path.name == "settings.py-3-4.md"
+    text = path.read_text()
+    assert text.startswith("# settings.py, lines 3–4\n") and code in text and text.rstrip().endswith(expected)
+    assert path.parent.stat().st_mode & 0o077 == 0  # the user's alone
+    # under progress the server created (window/workDoneProgress/create), ended before the document opened
+    (reports,) = [r for t, r in client.progress_reports.items() if r and getattr(r[0], "title", "") == "dmem: explain" and str(t).startswith("dmem-")]
+    assert reports[0].kind == "begin" and reports[-1].kind == "end"
+
+
+async def test_an_explanation_stops_at_its_deadline_or_when_cancelled(session, engine):
+    """Work a client gives up on (a timeout sends nothing, or $/cancelRequest) frees the worker."""
+    client, _, _, uri = session
+    await wait_for_status(client, "ready")
+    params = {"textDocument": {"uri": uri}, "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}}}
+    endless = {**OPTIONS, "explain": {"maxTokens": 100_000, "deadlineMs": 200}}
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=endless))
+    cut = plain(await asyncio.wait_for(client.protocol.send_request_async("dmem/explain", params), TIMEOUT))
+    assert cut["markdown"].endswith("_Cut short: explain.deadlineMs is 200 ms._")
+
+    endless["explain"]["deadlineMs"] = 0  # no deadline: only $/cancelRequest stops it
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=endless))
+    token = f"explain-{next(_ids)}"
+    client.progress_reports[token] = []
+    future = client.protocol.send_request("dmem/explain", {**params, "workDoneToken": token}, msg_id=token)
+
+    async def generating():
+        while not any(value.kind == "report" for value in client.progress_reports[token]):
+            await client.wait_for_notification("$/progress")
+
+    await asyncio.wait_for(generating(), TIMEOUT)
+    client.protocol.notify("$/cancelRequest", types.CancelParams(id=token))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    assert result.items[0].insert_text
 
 
 async def _start_long_completion(client, uri, msg_id):

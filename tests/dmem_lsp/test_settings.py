@@ -14,6 +14,13 @@ def test_defaults_without_settings():
     assert Settings().engine_options().quantization is None
 
 
+@pytest.mark.parametrize("raw", [[], {"dmem": []}, {"dmem": {"completion": []}}], ids=["bare", "section", "nested"])
+def test_an_empty_lua_table_is_empty_settings(raw):
+    """Neovim encodes ``settings = { dmem = {} }`` as ``{"dmem": []}``: no warning at start."""
+    assert parse_settings(raw) == (Settings(), [])
+    assert parse_settings(merge(raw, {"device": "cpu"})) == (Settings(device="cpu"), [])
+
+
 def test_camel_case_values_under_a_dmem_section():
     settings, warnings = parse_settings(
         {"dmem": {"adapter": "none", "quantization": "nf4", "completion": {"maxTokens": 9, "stop": ["\n\n"], "debounceMs": 0}}}

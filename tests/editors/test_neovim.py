@@ -123,7 +123,8 @@ def workspace(tmp_path):
 
 
 @contextlib.contextmanager
-def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter):
+def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter, init_lua: str | None = None):
+    """A headless Neovim started with ``_init_lua(how, <the server's command>)``, or ``init_lua``."""
     nvim_path = NEOVIMS[version]()
     home = tmp_path / "home"
     for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
@@ -133,7 +134,7 @@ def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "dmem_lsp", "--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
     init = tmp_path / "init.lua"
-    init.write_text(_init_lua(how, cmd))
+    init.write_text(init_lua if init_lua is not None else _init_lua(how, cmd))
     monkeypatch.chdir(workspace)
     nvim = pynvim.attach("child", argv=[nvim_path, "--embed", "--headless", "-u", str(init), "-i", "NONE", "-n"])
     try:
@@ -162,13 +163,13 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
             """
             local compat = require('dmem.compat')
             local client = compat.client(0)
-            vim.api.nvim_win_set_cursor(0, (...))
-            local params = compat.position_params(client)
+            -- after "    return ", where insert mode would be (normal mode cannot go past the space)
+            local params = { textDocument = { uri = vim.uri_from_bufnr(0) }, position = (...) }
             local result, failure = compat.request_sync(client, 'textDocument/completion', params, 60000, 0)
             assert(result, failure)
             return result.items[1].textEdit.newText
             """,
-            [LINE + 1, len("    return ")],
+            {"line": LINE, "character": len("    return ")},
         )
         assert text == expected
 
@@ -291,6 +292,53 @@ def test_the_help_file_has_its_tags_once_each(tmp_path):
     assert run.returncode == 0 and "E154" not in run.stderr, run.stderr
     tags = {line.split("\t")[0] for line in (doc / "tags").read_text().splitlines()}
     assert {"dmem", ":DmemExplain", ":DmemResetMemory", "dmem.setup()", "dmem-settings"} <= tags
+    # shipped, so that :help dmem works without :helptags; regenerate it when dmem.txt changes
+    assert (PLUGIN / "doc" / "tags").read_text() == (doc / "tags").read_text()
+
+
+def _minimal_init(how: str) -> str:
+    """The README's minimal configuration: the plugin on 'runtimepath' and one line."""
+    start = "vim.lsp.enable('dmem')" if how == "enable" else "require('dmem').setup()"
+    return f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\nvim.o.swapfile = false\n{start}\n"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("version, how", [("0.11", "enable"), ("0.7", "setup")])
+def test_the_minimal_configuration_starts_quietly_with_its_help(
+    version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter
+):
+    """``dmem-lsp`` on PATH and no settings: no warning at start (empty settings reach the
+    server as an object), and ``:help dmem`` works without ``:helptags``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "dmem-lsp"
+    model_flags = f"--model '{talkative_model}' --adapter '{talkative_adapter}' --device cpu"
+    shim.write_text(f"#!/bin/sh\nexec '{sys.executable}' -m dmem_lsp {model_flags} \"$@\"\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    init = _minimal_init(how)
+    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, init) as (nvim, _):
+        editor = Editor(nvim)
+        nvim.command(f"edit {workspace / 'main.py'}")
+        editor.wait("require('dmem').status.state == 'ready'", "the model to load")
+        messages = nvim.funcs.execute("messages")
+        assert "dmem-lsp setting" not in messages and "unknown setting" not in messages, messages
+        nvim.command("help dmem")
+        assert nvim.current.buffer.name.endswith("doc/dmem.txt")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("version, how", [("0.11", "enable"), ("0.7", "setup")])
+def test_a_cmd_that_is_not_on_path_is_said_in_the_editor(version, how, workspace, tmp_path, monkeypatch):
+    init = _init_lua(how, ["no-such-dmem-lsp", "--device", "cpu"])
+    with _session(version, how, workspace, tmp_path, monkeypatch, None, None, init) as (nvim, _):
+        editor = Editor(nvim)
+        nvim.command(f"edit {workspace / 'main.py'}")
+        editor.wait(
+            "vim.fn.execute('messages'):find('`no-such-dmem-lsp` is not an executable on PATH', 1, true) ~= nil",
+            "the message naming the missing server",
+        )
+        assert editor.lua("return #require('dmem.compat').clients()") == 0
 
 
 @pytest.mark.timeout(200)

@@ -34,6 +34,20 @@ end, {
 
 vim.cmd('highlight default link DmemGhost Comment')
 
+-- 0.11+: vim.lsp.enable('dmem') skips a cmd that is not executable with a line in lsp.log
+-- alone; say so where the user looks
+if vim.lsp.is_enabled then
+  vim.api.nvim_create_autocmd('FileType', {
+    group = vim.api.nvim_create_augroup('dmem.cmd', { clear = true }),
+    callback = function(event)
+      if vim.lsp.is_enabled('dmem') and vim.bo[event.buf].buftype == '' and vim.api.nvim_buf_get_name(event.buf) ~= '' then
+        local config = vim.lsp.config.dmem
+        require('dmem').check_cmd(config and config.cmd)
+      end
+    end,
+  })
+end
+
 if vim.g.dmem and vim.g.dmem.forward_diagnostics then
   require('dmem.forward').enable(true)
 end

@@ -20,8 +20,6 @@ export interface Listeners {
   memory(event: MemoryEvent): void;
   /** A work-done progress message from the server (it reports model loading this way). */
   progress(message: string): void;
-  /** An explanation came back from `dmem.explain` (the "Explain with dmem" code action). */
-  explained(markdown: string): void;
 }
 
 export function createClient(output: vscode.LogOutputChannel, listeners: Listeners): LanguageClient {
@@ -39,13 +37,8 @@ export function createClient(output: vscode.LogOutputChannel, listeners: Listene
         }
         next(token, params);
       },
-      async executeCommand(command, args, next) {
-        const result = await next(command, args);
-        if (command === EXPLAIN_COMMAND && typeof result?.markdown === 'string') {
-          listeners.explained(result.markdown);
-        }
-        return result;
-      },
+      // `dmem.explain` (the "Explain with dmem" code action) answers at once; the server then
+      // opens the explanation's markdown file through window/showDocument
     },
   };
   const client = new LanguageClient('dmem.client', 'dmem-lsp', server, options);

@@ -56,7 +56,6 @@ export class Session implements vscode.Disposable {
       },
       memory: (event) => this.status.memory([event]),
       progress: (message) => this.status.progress(message),
-      explained: (markdown) => void this.documents.show('Explanation', markdown),
     });
     this.client = client;
     client.onDidChangeState(({ newState }) => {

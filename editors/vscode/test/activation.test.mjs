@@ -118,12 +118,15 @@ test('the bundled extension activates, starts the server through the language cl
     assert.ok(shown().length > 0);
   });
 
-  await step('the code action command shows its explanation too', async () => {
+  await step('the code action command opens its explanation (window/showDocument)', async () => {
     const count = recorder.shown.length;
     const range = { start: { line: 2, character: 0 }, end: { line: 3, character: 0 } };
     const result = await within(vscode.commands.executeCommand('dmem.explain', workspace.fileUri, range), 'dmem.explain');
-    assert.equal(typeof result.markdown, 'string');
-    assert.equal(recorder.shown.length, count + 1);
+    assert.equal(result ?? null, null); // it answers at once; the explanation follows
+    await wait(() => recorder.shown.length > count, 'the explanation to open');
+    const { document: page, options } = recorder.shown.at(-1);
+    assert.match(page.fsPath, /-3-3\.md$/);
+    assert.equal(options.preserveFocus, false);
   });
 
   await step('Remember selection, Memory status and Reset memory', async () => {

@@ -93,10 +93,36 @@ function M.on_attach(client, bufnr)
   end
 end
 
+local warned = {} -- programs already said to be missing
+
+---True when `cmd` can start the server; otherwise say why, once per program (vim.notify),
+---instead of a start that fails silently.
+function M.check_cmd(cmd)
+  local program = type(cmd) == 'table' and cmd[1] or nil
+  if program == nil or vim.fn.executable(program) == 1 then
+    return true
+  end
+  if not warned[program] then
+    warned[program] = true
+    local message = ('dmem: cannot start the server: `%s` is not an executable on PATH.\n'):format(program)
+      .. 'Install dmem-lsp (scripts/setup in its repository) and put its .venv/bin on PATH, '
+      .. 'or give the full path in cmd. See :checkhealth dmem'
+    -- scheduled: an error raised inside the autocommands of :edit would stop the ones after it
+    vim.schedule(function()
+      vim.notify(message, vim.log.levels.ERROR)
+    end)
+  end
+  return false
+end
+
 ---The client configuration shared by lsp/dmem.lua and setup().
 function M.lsp_config(options)
   options = options or M.options
-  local settings = { dmem = options.settings or {} }
+  local section = options.settings
+  if section == nil or vim.tbl_isempty(section) then
+    section = vim.empty_dict() -- an object in JSON, not [] (an empty Lua table)
+  end
+  local settings = { dmem = section }
   return {
     name = 'dmem',
     cmd = options.cmd,
@@ -122,6 +148,9 @@ local started = {} -- 0.7: root directory -> client id
 
 local function start(bufnr, options)
   if not wanted(bufnr, options) then
+    return
+  end
+  if not M.check_cmd(options.cmd) then
     return
   end
   local root = M.root(vim.api.nvim_buf_get_name(bufnr), options.root_markers)
