@@ -72,8 +72,16 @@ ASSIGNED = re.compile(
 PROSE_PASSWORD = re.compile(
     r"\b(?:password|passwd|passphrase|pwd)\b(?:\s+(?:is|was|of|for\s+\S+\s+is))?\s+['\"]?(?P<value>[^\s'\"]{6,})", re.I
 )
-COMMAND_LINE = re.compile(r"(?:^|\s)(?:-u|--user)(?:\s+|=)['\"]?[^\s:'\"@]+:(?P<value>[^\s'\"@]{4,})")
-HEADER = re.compile(r"\bAuthorization\s*[:=]\s*['\"]?(?:Basic|Bearer|Token|Digest|Key)\s+(?P<value>[^\s'\"]{8,})", re.I)
+RULES = (
+    (re.compile(r"(?:^|\s)(?:-u|--user)(?:\s+|=)['\"]?[^\s:'\"@]+:(?P<value>[^\s'\"@]{4,})"), "Command-line Credentials"),
+    (re.compile(r"(?:^|\s)--(?:password|passwd|pass|token|api-key)(?:\s+|=)['\"]?(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
+    (re.compile(r"\bsshpass\s+-p\s*['\"]?(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
+    (re.compile(r"\bmysql(?:dump|admin)?\b[^\n|;&]*\s-p(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
+    (re.compile(r"\bAuthorization\s*[:=]\s*['\"]?(?:Basic|Bearer|Token|Digest|Key)\s+(?P<value>[^\s'\"]{8,})", re.I), "Authorization Header"),
+    (re.compile(r"://[^\s/:@]*:(?P<value>[^\s/@]{3,})@"), "Basic Auth Credentials"),  # redis://:pw@host too
+    (re.compile(rf"<(?P<tag>[\w.-]*{CREDENTIAL_WORD}[\w.-]*)>(?P<value>[^<\s]{{4,}})</(?P=tag)>", re.I), "Secret Keyword"),
+)
+"""Shapes detect-secrets has no plugin for: curl -u, --password, sshpass, mysql -p, headers, XML elements."""
 TOKEN_SHAPES = re.compile(
     r"\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{40,}\b"
     r"|\bsk-[A-Za-z0-9_-]{20,}\b|\bxox[abposr]-[A-Za-z0-9-]{10,}\b|\bAIza[0-9A-Za-z_-]{35}\b"
@@ -93,6 +101,9 @@ PLACEHOLDER = re.compile(
     r"|x{3,}|\*{3,}|\.{3,}|-+|_+|your[-_]?\w*|my[-_]?\w*|example\w*|placeholder\w*|redacted\w*|changeit)$",
     re.I,
 )
+CAMEL_WORDS = re.compile(r"[A-Za-z][a-z]+(?:[A-Z][a-z]+|_[a-z]+)*")
+CREDENTIAL_HINT = re.compile(CREDENTIAL_WORD, re.I)
+"""Cheap test that a line may hold a named credential (the rules that need one are skipped otherwise)."""
 SKIPPED_PLUGINS = frozenset({"IPPublicDetector"})
 CONFIG_NAME = "text.yaml"
 """How text without a file is read by ``KeywordDetector``: as configuration."""
@@ -133,7 +144,9 @@ class _Detectors:
     def __init__(self) -> None:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
         from detect_secrets.filters import heuristic
+        from detect_secrets.plugins.base import RegexBasedDetector
         from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin, HexHighEntropyString
+        from detect_secrets.plugins import keyword as keyword_module
         from detect_secrets.plugins.keyword import KeywordDetector
 
         classes = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda c: c.__name__)
@@ -141,7 +154,19 @@ class _Detectors:
         self.entropy = tuple(p for p in self.plugins if isinstance(p, HighEntropyStringsPlugin))
         self.hex = next(p for p in self.plugins if isinstance(p, HexHighEntropyString))
         self.keyword_class = KeywordDetector
+        self.regex_class = RegexBasedDetector
+        # every KeywordDetector regex starts at (or, compared, ends with) one of these words: lines without one are skipped
+        self.keyword_hint = re.compile("|".join(keyword_module.DENYLIST), re.I)
         self.heuristic = heuristic
+
+    def active(self, text: str) -> list:
+        """The plugins that may find something in ``text``: a token plugin whose regexes all miss the whole
+        text would miss each of its lines too (their anchors accept a newline), so it is not run line by line."""
+        return [
+            plugin
+            for plugin in self.plugins
+            if not isinstance(plugin, self.regex_class) or any(regex.search(text) for regex in plugin.denylist)
+        ]
 
     @classmethod
     def get(cls) -> "_Detectors":
@@ -172,17 +197,20 @@ def _looks_like_a_credential(value: str) -> bool:
     mixed_case = any(c.islower() for c in value) and any(c.isupper() for c in value)
     if re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+", value):  # settings.api_token, os.environ
         return False
-    return letters and (digits or (mixed_case and len(value) >= 12))
+    if digits:
+        return letters
+    return mixed_case and len(value) >= 20 and not CAMEL_WORDS.fullmatch(value)  # not ProgressTokenFactory
 
 
 def _hash_context(line: str) -> bool:
     return bool(HASH_WORD.search(line)) and not KEY_NAME.search(line)
 
 
-def _plugin_findings(detectors: _Detectors, line: str, name: str, lock_file: bool) -> Iterator[Finding]:
+def _plugin_findings(detectors: _Detectors, plugins: list, line: str, name: str, lock_file: bool) -> Iterator[Finding]:
     heuristic = detectors.heuristic
-    for plugin in detectors.plugins:
-        if lock_file and plugin in detectors.entropy:
+    keyword_line = bool(detectors.keyword_hint.search(line))
+    for plugin in plugins:
+        if (lock_file and plugin in detectors.entropy) or (isinstance(plugin, detectors.keyword_class) and not keyword_line):
             continue
         try:
             found = plugin.analyze_line(filename=name, line=line, line_number=0)
@@ -205,6 +233,7 @@ def _plugin_findings(detectors: _Detectors, line: str, name: str, lock_file: boo
                     or heuristic.is_indirect_reference(line)
                     or PLACEHOLDER.match(value)
                     or len(value) < 4
+                    or value.lower() in line[: line.find(value)].lower()  # CLIENT_KEY = "client"
                 ):
                     continue
             elif plugin is detectors.hex:
@@ -217,25 +246,28 @@ def _plugin_findings(detectors: _Detectors, line: str, name: str, lock_file: boo
 
 def _rule_findings(detectors: _Detectors, line: str, lock_file: bool) -> Iterator[Finding]:
     rule = "dmem-lsp rule"
-    for match in ASSIGNED.finditer(line):
+    named = bool(CREDENTIAL_HINT.search(line))
+    for match in ASSIGNED.finditer(line) if named else ():
         value = match.group("value")
         if match.group("after") in ("(", "[") or not _looks_like_a_credential(value):
             continue
         yield Finding(value, "Secret Keyword", rule)
-    for match in PROSE_PASSWORD.finditer(line):
+    for match in PROSE_PASSWORD.finditer(line) if named else ():
         value = match.group("value").rstrip(".,;:!)")
         if _looks_like_a_credential(value):
             yield Finding(value, "Password", rule)
-    for pattern, kind in ((COMMAND_LINE, "Command-line Credentials"), (HEADER, "Authorization Header")):
+    for pattern, kind in RULES:
         for match in pattern.finditer(line):
-            yield Finding(match.group("value"), kind, rule)
+            value = match.group("value")
+            if not PLACEHOLDER.match(value.strip("`'\".,;:")):
+                yield Finding(value, kind, rule)
     for match in TOKEN_SHAPES.finditer(line):
         yield Finding(match.group(0), "Access Token", rule)
     if lock_file:
         return
     for match in HEX_RUN.finditer(line):  # unquoted hex keys: only with a credential word on the line
         value = match.group(0)
-        if KEY_NAME.search(line) and detectors.hex.calculate_shannon_entropy(value) > detectors.hex.entropy_limit:
+        if named and KEY_NAME.search(line) and detectors.hex.calculate_shannon_entropy(value) > detectors.hex.entropy_limit:
             if not detectors.heuristic.is_sequential_string(value):
                 yield Finding(value, "Hex High Entropy String", rule)
     for value in MIXED_TOKEN.findall(line):
@@ -250,13 +282,15 @@ def scan(text: str, name: str | None = None) -> list[Finding]:
     filename = name or CONFIG_NAME
     lock_file = filename.rsplit("/", 1)[-1] in LOCK_FILES
     findings: dict[tuple[str, str], Finding] = {}
+    plugins = detectors.active(text)
     if CERTIFICATE.search(text):
         findings[("", "Private Key")] = Finding("", "Private Key or Certificate", "dmem-lsp rule", whole=True)
     for raw in text.splitlines():
         if not raw.strip():
             continue
         for line in _windows(raw):
-            for finding in (*_plugin_findings(detectors, line, filename, lock_file), *_rule_findings(detectors, line, lock_file)):
+            found = (*_plugin_findings(detectors, plugins, line, filename, lock_file), *_rule_findings(detectors, line, lock_file))
+            for finding in found:
                 if "redacted:" not in finding.value:  # our own placeholders are not secrets
                     findings.setdefault((finding.value, finding.kind), finding)
     return list(findings.values())
