@@ -102,8 +102,10 @@ PLACEHOLDER = re.compile(
     re.I,
 )
 CAMEL_WORDS = re.compile(r"[A-Za-z][a-z]+(?:[A-Z][a-z]+|_[a-z]+)*")
-CREDENTIAL_HINT = re.compile(CREDENTIAL_WORD, re.I)
-"""Cheap test that a line may hold a named credential (the rules that need one are skipped otherwise)."""
+HINTS = ("key", "pw", "pass", "token", "secret", "auth", "credential", "bearer", "contrase", "cloudant", "softlayer")
+"""Every keyword-style regex (ours, ``KeywordDetector``'s and the cloud plugins' ``key = value`` ones) needs one
+of these (lowercased) in its line: lines without any skip them, by a substring test far cheaper than the regexes."""
+NAMED_PLUGINS = frozenset({"KeywordDetector", "CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector"})
 SKIPPED_PLUGINS = frozenset({"IPPublicDetector"})
 CONFIG_NAME = "text.yaml"
 """How text without a file is read by ``KeywordDetector``: as configuration."""
@@ -146,7 +148,6 @@ class _Detectors:
         from detect_secrets.filters import heuristic
         from detect_secrets.plugins.base import RegexBasedDetector
         from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin, HexHighEntropyString
-        from detect_secrets.plugins import keyword as keyword_module
         from detect_secrets.plugins.keyword import KeywordDetector
 
         classes = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda c: c.__name__)
@@ -155,8 +156,6 @@ class _Detectors:
         self.hex = next(p for p in self.plugins if isinstance(p, HexHighEntropyString))
         self.keyword_class = KeywordDetector
         self.regex_class = RegexBasedDetector
-        # every KeywordDetector regex starts at (or, compared, ends with) one of these words: lines without one are skipped
-        self.keyword_hint = re.compile("|".join(keyword_module.DENYLIST), re.I)
         self.heuristic = heuristic
 
     def active(self, text: str) -> list:
@@ -165,7 +164,9 @@ class _Detectors:
         return [
             plugin
             for plugin in self.plugins
-            if not isinstance(plugin, self.regex_class) or any(regex.search(text) for regex in plugin.denylist)
+            if type(plugin).__name__ in NAMED_PLUGINS
+            or not isinstance(plugin, self.regex_class)
+            or any(regex.search(text) for regex in plugin.denylist)
         ]
 
     @classmethod
@@ -206,11 +207,12 @@ def _hash_context(line: str) -> bool:
     return bool(HASH_WORD.search(line)) and not KEY_NAME.search(line)
 
 
-def _plugin_findings(detectors: _Detectors, plugins: list, line: str, name: str, lock_file: bool) -> Iterator[Finding]:
+def _plugin_findings(
+    detectors: _Detectors, plugins: list, line: str, named: bool, name: str, lock_file: bool
+) -> Iterator[Finding]:
     heuristic = detectors.heuristic
-    keyword_line = bool(detectors.keyword_hint.search(line))
     for plugin in plugins:
-        if (lock_file and plugin in detectors.entropy) or (isinstance(plugin, detectors.keyword_class) and not keyword_line):
+        if (lock_file and plugin in detectors.entropy) or (not named and type(plugin).__name__ in NAMED_PLUGINS):
             continue
         try:
             found = plugin.analyze_line(filename=name, line=line, line_number=0)
@@ -222,7 +224,7 @@ def _plugin_findings(detectors: _Detectors, plugins: list, line: str, name: str,
             if type(plugin).__name__ == "PrivateKeyDetector":
                 yield Finding(value, secret.type, detector, whole=True)
                 continue
-            if not value.strip():
+            if not value.strip() or PLACEHOLDER.match(value.strip()):  # user:password@host in a README
                 continue
             if isinstance(plugin, detectors.keyword_class):
                 value = value.strip()
@@ -244,9 +246,8 @@ def _plugin_findings(detectors: _Detectors, plugins: list, line: str, name: str,
             yield Finding(value, secret.type, detector)
 
 
-def _rule_findings(detectors: _Detectors, line: str, lock_file: bool) -> Iterator[Finding]:
+def _rule_findings(detectors: _Detectors, line: str, named: bool, lock_file: bool) -> Iterator[Finding]:
     rule = "dmem-lsp rule"
-    named = bool(CREDENTIAL_HINT.search(line))
     for match in ASSIGNED.finditer(line) if named else ():
         value = match.group("value")
         if match.group("after") in ("(", "[") or not _looks_like_a_credential(value):
@@ -289,7 +290,12 @@ def scan(text: str, name: str | None = None) -> list[Finding]:
         if not raw.strip():
             continue
         for line in _windows(raw):
-            found = (*_plugin_findings(detectors, plugins, line, filename, lock_file), *_rule_findings(detectors, line, lock_file))
+            lowered = line.lower()
+            named = any(hint in lowered for hint in HINTS)
+            found = (
+                *_plugin_findings(detectors, plugins, line, named, filename, lock_file),
+                *_rule_findings(detectors, line, named, lock_file),
+            )
             for finding in found:
                 if "redacted:" not in finding.value:  # our own placeholders are not secrets
                     findings.setdefault((finding.value, finding.kind), finding)
