@@ -98,8 +98,12 @@ class WorkspaceMemory:
         return self.adapter.fingerprint
 
     def relative(self, path: Path) -> str:
-        relative = self.policy.relative(path)
-        return str(relative) if relative is not None else str(path)
+        """The name of ``path`` in the folder, as the folder lists it (a link by its own name, not its target's)."""
+        try:
+            return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
+        except ValueError:
+            relative = self.policy.relative(path)
+            return str(relative) if relative is not None else str(path)
 
 
 class _Watcher(FileSystemEventHandler):
