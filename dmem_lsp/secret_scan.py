@@ -42,7 +42,7 @@ from typing import Iterator
 
 __all__ = ["Finding", "Screened", "scan", "screen", "MOSTLY_SECRET"]
 
-MOSTLY_SECRET = 0.25
+MOSTLY_SECRET = 0.5
 """A text whose secrets cover more than this share of its non-blank characters is refused, not redacted."""
 MAX_LINE = 4000
 """Longer lines are scanned in windows of this many characters (overlapping by ``OVERLAP``)."""
