@@ -62,13 +62,14 @@ CREDENTIAL_WORD = (
     r"(?:token|api[-_ ]?key|apikey|access[-_]?key|secret|password|passwd|passphrase|pwd|pass|credentials?|bearer"
     r"|auth|private[-_]?key|client[-_]?secret|signing[-_]?key|session[-_]?key|license[-_]?key)"
 )
-KEY_NAME = re.compile(rf"(?<![A-Za-z0-9])(?:[\w-]*[_-])?{CREDENTIAL_WORD}(?:[_-][\w-]*)?(?![A-Za-z0-9])", re.I)
+KEY_NAME = re.compile(rf"(?:(?<=[_-])|(?<![A-Za-z0-9])){CREDENTIAL_WORD}(?![A-Za-z0-9])", re.I)
 """A name that holds a credential: ``token``, ``X-Api-Key``, ``POSTGRES_PASSWORD``, ``db_pass`` (not ``tokens``)."""
 ASSIGNED = re.compile(
-    rf"(?<![A-Za-z0-9])(?:[\w-]*[_-])?{CREDENTIAL_WORD}(?:[_-][\w-]*)?['\"\]]?\s*(?::=|=>|[:=])\s*(?:[rbu]?['\"`])?"
-    r"(?P<value>[^\s'\"`,;()\[\]{}<>]{8,})(?P<after>.?)",
-    re.I,
+    r"(?<![\w-])(?P<name>[\w-]+)['\"\]]?\s*(?::=|=>|[:=])\s*(?:[rbu]?['\"`])?"
+    r"(?P<value>[^\s'\"`,;()\[\]{}<>]{8,})(?P<after>.?)"
 )
+"""``name = value``, ``name: value``, ``"name": "value"``; the name must be a ``KEY_NAME`` (each name is tried from
+its first character only, so a long run of names costs linear time)."""
 PROSE_PASSWORD = re.compile(
     r"\b(?:password|passwd|passphrase|pwd)\b(?:\s+(?:is|was|of|for\s+\S+\s+is))?\s+['\"]?(?P<value>[^\s'\"]{6,})", re.I
 )
@@ -98,9 +99,17 @@ HASH_WORD = re.compile(
 )
 PLACEHOLDER = re.compile(
     r"^(?:none|null|nil|true|false|undefined|empty|required|optional|string|str|bytes|int|secret|password|token"
-    r"|x{3,}|\*{3,}|\.{3,}|-+|_+|your[-_]?\w*|my[-_]?\w*|example\w*|placeholder\w*|redacted\w*|changeit)$",
+    r"|pass|passwd|pwd|user|username|value|key|x{3,}|\*{3,}|\.{3,}|-+|_+|your[-_]?\w*|my[-_]?\w*|example\w*"
+    r"|placeholder\w*|redacted\w*|changeit)$",
     re.I,
 )
+METADATA_NAME = re.compile(
+    r"[_-](?:type|name|id|field|header|label|length|len|path|file|dir|env|var|prefix|pattern|regex|format|kind"
+    r"|count|hint|policy|ttl|expiry|expires|url|endpoint|algorithm|scheme|mode)['\"\]]?\s*(?::=|=>|[:=]|==|!=)\s*"
+    r"[rbu]?['\"`]?\s*$",
+    re.I,
+)
+"""A name about a credential rather than holding one (``secret_type = "GitHub Token"``, ``password_field:``)."""
 CAMEL_WORDS = re.compile(r"[A-Za-z][a-z]+(?:[A-Z][a-z]+|_[a-z]+)*")
 HINTS = ("key", "pw", "pass", "token", "secret", "auth", "credential", "bearer", "contrase", "cloudant", "softlayer")
 """Every keyword-style regex (ours, ``KeywordDetector``'s and the cloud plugins' ``key = value`` ones) needs one
@@ -190,9 +199,15 @@ def _entropy(text: str) -> float:
     return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
 
 
+def _is_metadata(line: str, value: str) -> bool:
+    """The value is assigned to a name about a credential (``secret_type``), or is no value at all (``xxxxxxxx``)."""
+    at = line.find(value)
+    return len(set(value)) <= 3 or (at > 0 and bool(METADATA_NAME.search(line[max(0, at - 200) : at])))
+
+
 def _looks_like_a_credential(value: str) -> bool:
     """A value next to a key word that reads as a credential, not a name or a word."""
-    if PLACEHOLDER.match(value) or value.startswith(("$", "%", "{", "<", "#")) or "://" in value:
+    if PLACEHOLDER.match(value) or value.startswith(("$", "%", "{", "<", "#", "\\")) or "://" in value:
         return False
     letters, digits = any(c.isalpha() for c in value), any(c.isdigit() for c in value)
     mixed_case = any(c.islower() for c in value) and any(c.isupper() for c in value)
@@ -224,8 +239,13 @@ def _plugin_findings(
             if type(plugin).__name__ == "PrivateKeyDetector":
                 yield Finding(value, secret.type, detector, whole=True)
                 continue
-            if not value.strip() or PLACEHOLDER.match(value.strip()):  # user:password@host in a README
-                continue
+            if (
+                not value.strip()
+                or PLACEHOLDER.match(value.strip())
+                or heuristic.is_templated_secret(value.strip())
+                or _is_metadata(line, value)
+            ):
+                continue  # user:password@host in a README, ACxxxxxxxx in docs, secret_type = "Slack Token"
             if isinstance(plugin, detectors.keyword_class):
                 value = value.strip()
                 if (
@@ -250,7 +270,9 @@ def _rule_findings(detectors: _Detectors, line: str, named: bool, lock_file: boo
     rule = "dmem-lsp rule"
     for match in ASSIGNED.finditer(line) if named else ():
         value = match.group("value")
-        if match.group("after") in ("(", "[") or not _looks_like_a_credential(value):
+        if match.group("after") in ("(", "[") or not KEY_NAME.search(match.group("name")):
+            continue
+        if not _looks_like_a_credential(value) or _is_metadata(line, value):
             continue
         yield Finding(value, "Secret Keyword", rule)
     for match in PROSE_PASSWORD.finditer(line) if named else ():
@@ -260,7 +282,8 @@ def _rule_findings(detectors: _Detectors, line: str, named: bool, lock_file: boo
     for pattern, kind in RULES:
         for match in pattern.finditer(line):
             value = match.group("value")
-            if not PLACEHOLDER.match(value.strip("`'\".,;:")):
+            bare = value.strip("`'\".,;:")
+            if bare and not PLACEHOLDER.match(bare) and not detectors.heuristic.is_templated_secret(bare):
                 yield Finding(value, kind, rule)
     for match in TOKEN_SHAPES.finditer(line):
         yield Finding(match.group(0), "Access Token", rule)
@@ -271,9 +294,16 @@ def _rule_findings(detectors: _Detectors, line: str, named: bool, lock_file: boo
         if named and KEY_NAME.search(line) and detectors.hex.calculate_shannon_entropy(value) > detectors.hex.entropy_limit:
             if not detectors.heuristic.is_sequential_string(value):
                 yield Finding(value, "Hex High Entropy String", rule)
-    for value in MIXED_TOKEN.findall(line):
+    for match in MIXED_TOKEN.finditer(line):
+        value = match.group(0)
         classes = sum(bool(re.search(p, value)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+        before = line[: match.start()]
+        word = before.split()[-1] if before.strip() and not before[-1].isspace() else ""
+        if "/" in value and "://" in word:  # a path in a URL (https://hg.python.org/cpython/file/7aaba721ebc0/Lib/socket)
+            continue
         if classes >= 3 and _entropy(value) >= 4.2 and not _hash_context(line):
+            if detectors.heuristic.is_sequential_string(value):
+                continue
             yield Finding(value, "High Entropy String", rule)
 
 
