@@ -196,6 +196,11 @@ INNOCENT: list[tuple[str | None, str]] = [
     ("app.py", "CLIENT_KEY = \"client\"\nPASSWORD_FIELD = \"password\"\n"),
     ("app.js", "const url = `https://${host}:${port}/api`;\nfetch(url, { headers: { Authorization: `Bearer ${token}` } });\n"),
     ("README.md", "Connect with `psql postgres://user:password@localhost/db` (replace password with yours).\n"),
+    ("app.py", 'secret_type = "GitHub Token"\npassword_field = "user_password_v2"\n'),
+    ("README.md", "A Twilio key looks like `SKxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx`; proxies like socks5://user:<password>@host.\n"),
+    ("app.py", "# see https://hg.python.org/cpython/file/7aaba721ebc0/Lib/socket.py#l252\n"),
+    ("app.py", "ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'\n"),
+    ("app.py", "key_" * 400 + "= 1\n"),
 ]
 """(file, text) that must be written whole. The last one's ``user:password`` is a placeholder word, not a secret."""
 
