@@ -524,12 +524,16 @@ class Learner:
 
     def no_memory_reason(self, uri: str | None) -> str:
         """Why a document (or the editor, ``uri`` None) has no memory to write into."""
-        path = Path(to_fs_path(uri) or "").resolve() if uri and uri.startswith("file:") else None
-        for root, reason in self.refused.items():
-            if path is None or path == root or root in path.parents:
+        if not uri:
+            for root, reason in self.refused.items():
                 return f"no memory for {root}: {reason}"
-        if path is None and not uri:
             return "no workspace folder is open (memory is kept per folder)"
+        if not uri.startswith("file:"):
+            return f"{uri} is not a file in a workspace folder: it uses no memory"
+        path = Path(to_fs_path(uri) or "").resolve()
+        for root, reason in self.refused.items():
+            if path == root or root in path.parents:
+                return f"no memory for {root}: {reason}"
         return f"{uri} is outside every workspace folder: documents there use no memory"
 
     # -- reset, import, status ------------------------------------------------------------
