@@ -323,8 +323,8 @@ async def debug_step(ls: DmemServer, params: Any) -> None:
     await ls.learner.debug_step(raw.get("uri"), raw["text"], str(raw.get("kind") or "note"))
 
 
-async def remember_debug_step(ls: DmemServer, *arguments: Any) -> dict[str, int]:
-    """Arguments ``[text]``, ``[uri, text]`` or ``[{uri?, text, kind?}]``."""
+async def remember_debug_step(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
+    """Arguments ``[text]``, ``[uri, text]`` or ``[{uri?, text, kind?}]``; ``{tokens, reason?, redacted?}``."""
     values = [as_json(argument) for argument in arguments]
     if len(values) == 1 and isinstance(values[0], dict):
         uri, text, kind = values[0].get("uri"), values[0].get("text"), values[0].get("kind") or "note"
@@ -335,7 +335,7 @@ async def remember_debug_step(ls: DmemServer, *arguments: Any) -> dict[str, int]
     if not isinstance(text, str) or not text.strip():
         raise JsonRpcInvalidParams(f"{REMEMBER} expects [text], [uri, text] or [{{uri?, text, kind?}}]")
     await ls.wait_for_engine()
-    return {"tokens": await ls.learner.debug_step(uri, text, str(kind))}
+    return await ls.learner.debug_step(uri, text, str(kind))
 
 
 async def accept_completion(ls: DmemServer, uri: str, text: str) -> None:

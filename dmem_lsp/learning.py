@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
 from lsprotocol import types
@@ -36,7 +36,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import assist
-from .policy import IGNORED_DIRECTORIES, Policy, Refusal
+from .policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
 from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
 from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
 from .worker import Priority
@@ -98,8 +98,12 @@ class WorkspaceMemory:
         return self.adapter.fingerprint
 
     def relative(self, path: Path) -> str:
-        relative = self.policy.relative(path)
-        return str(relative) if relative is not None else str(path)
+        """The name of ``path`` in the folder, as the folder lists it (a link by its own name, not its target's)."""
+        try:
+            return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
+        except ValueError:
+            relative = self.policy.relative(path)
+            return str(relative) if relative is not None else str(path)
 
 
 class _Watcher(FileSystemEventHandler):
@@ -273,9 +277,19 @@ class Learner:
         self.notify(memory, "skipped", source=source, kind=kind, reason=reason)
 
     async def write(
-        self, memory: WorkspaceMemory, store: str, text: str, source: str, kind: str, limit: int | None = None
+        self,
+        memory: WorkspaceMemory,
+        store: str,
+        text: str,
+        source: str,
+        kind: str,
+        limit: int | None = None,
+        redacted: tuple[str, ...] = (),
     ) -> int:
-        """Write ``text`` into ``store`` of ``memory``, in chunks on the worker; the tokens written."""
+        """Write ``text`` into ``store`` of ``memory``, in chunks on the worker; the tokens written.
+
+        ``text`` has passed the policy; ``redacted`` names the secrets it redacted (for the audit log).
+        """
         if memory.read_only:
             self.skip(memory, source, kind, f"read-only: the memory is in use by another dmem-lsp ({memory.files.holder()})")
             return 0
@@ -299,8 +313,10 @@ class Learner:
             await asyncio.wrap_future(worker.submit(job, priority=Priority.WRITE, name=f"write {store}").future)
         tokens = memory.manifest["tokens"]
         tokens[store] = tokens.get(store, 0) + len(ids)
-        memory.manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": kind, "tokens": len(ids)})
-        self.notify(memory, "written", store=store, source=source, kind=kind, written=len(ids))
+        entry = {"time": now(), "store": store, "source": source, "kind": kind, "tokens": len(ids)}
+        details = {"redacted": list(redacted)} if redacted else {}
+        memory.manifest["audit"].append({**entry, **details})
+        self.notify(memory, "written", store=store, source=source, kind=kind, written=len(ids), **details)
         self.schedule_save(memory)
         return len(ids)
 
@@ -336,8 +352,11 @@ class Learner:
         for folder, directories, files in os.walk(memory.root):
             depth = len(Path(folder).relative_to(memory.root).parts)
             directories[:] = sorted(d for d in directories if d not in IGNORED_DIRECTORIES and depth < CONVENTION_DEPTH)
+            # by the name in the folder, not the target: a link that leads outside is refused when it is read
             found.extend(
-                Path(folder) / name for name in sorted(files) if memory.policy.is_convention(memory.policy.relative(Path(folder) / name))
+                Path(folder) / name
+                for name in sorted(files)
+                if memory.policy.is_convention(PurePosixPath((Path(folder) / name).relative_to(memory.root).as_posix()))
             )
         return sorted(found, key=lambda p: (len(p.relative_to(memory.root).parts), str(p)))
 
@@ -360,7 +379,8 @@ class Learner:
 
     async def learn_convention(self, memory: WorkspaceMemory, path: Path, budget: int | None = None) -> int:
         source = memory.relative(path)
-        text, refusal = memory.policy.check_file(path)
+        verdict = await asyncio.to_thread(memory.policy.check_file, path)
+        text, refusal = verdict
         if refusal is None and not memory.config.writes("conventions"):
             refusal = Refusal(f"{CONFIG_PATH.as_posix()} turns off writes to conventions")
         if refusal is not None:
@@ -371,7 +391,8 @@ class Learner:
             return 0
         memory.manifest["sources"][source] = digest
         limit = min(memory.settings.convention_file_tokens, budget if budget is not None else 1 << 30)
-        return await self.write(memory, "conventions", f"Project file {source}:\n{text}", source, "convention", limit)
+        text = f"Project file {source}:\n{text}"
+        return await self.write(memory, "conventions", text, source, "convention", limit, verdict.redacted)
 
     # -- files changed on disk ------------------------------------------------------------
 
@@ -446,14 +467,21 @@ class Learner:
             return
         path = Path(to_fs_path(uri) or "")
         source = memory.relative(path)
-        refusal = memory.policy.check_path(path)
-        if refusal is None:
+        policy = memory.policy
+
+        def check() -> Verdict:  # on a thread: nothing proportional to the document runs on the event loop
+            refusal = policy.check_path(path) or policy.check_document(new) or policy.check_document(old)
+            if refusal is not None:  # binary or over the cap: refused before any diff is computed
+                return Verdict(None, refusal)
             diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), source, source, n=2))
-            text, refusal = memory.policy.check_text(diff)
+            return policy.check_text(diff, source)
+
+        verdict = await asyncio.to_thread(check)
+        text, refusal = verdict
         if refusal is not None:
             self.skip(memory, source, "edit", refusal.reason)
             return
-        await self.write(memory, "edits", f"Edit to {source}:\n{text}", source, "edit")
+        await self.write(memory, "edits", f"Edit to {source}:\n{text}", source, "edit", redacted=verdict.redacted)
 
     async def accepted(self, uri: str, text: str) -> None:
         memory = self.folder_for(uri)
@@ -462,31 +490,51 @@ class Learner:
         path = Path(to_fs_path(uri) or "")
         source = memory.relative(path)
         refusal = memory.policy.check_path(path)
-        if refusal is None:
-            text, refusal = memory.policy.check_text(text)
+        verdict = Verdict(None, refusal) if refusal else await asyncio.to_thread(memory.policy.check_text, text, source)
+        text, refusal = verdict
         if refusal is not None:
             self.skip(memory, source, "accepted completion", refusal.reason)
             return
-        await self.write(memory, "edits", f"Accepted completion in {source}:\n{text}", source, "accepted completion")
+        text = f"Accepted completion in {source}:\n{text}"
+        await self.write(memory, "edits", text, source, "accepted completion", redacted=verdict.redacted)
 
     # -- debugging ------------------------------------------------------------------------
 
-    async def debug_step(self, uri: str | None, text: str, kind: str) -> int:
+    async def debug_step(self, uri: str | None, text: str, kind: str) -> dict[str, Any]:
+        """Write a debugging step: ``{tokens}``, with ``reason`` when nothing was written, ``redacted`` when secrets were."""
         memory = self.folder_for(uri) if uri else next(iter(self.folders.values()), None)
-        if memory is None or not memory.settings.enabled:
-            return 0
+        if memory is None:
+            return {"tokens": 0, "reason": self.no_memory_reason(uri)}
+        if not memory.settings.enabled:
+            return {"tokens": 0, "reason": "memory.enabled is false: nothing is written"}
         source = memory.relative(Path(to_fs_path(uri) or "")) if uri else "editor"
-        if uri:
-            refusal = memory.policy.check_path(Path(to_fs_path(uri) or ""))
-            if refusal is not None:
-                self.skip(memory, source, kind, refusal.reason)
-                return 0
-        checked, refusal = memory.policy.check_text(text)
+        refusal = memory.policy.check_path(Path(to_fs_path(uri) or "")) if uri else None
+        # a step is free text (a trace, a log), whichever file it was taken from: read it as such
+        verdict = Verdict(None, refusal) if refusal else await asyncio.to_thread(memory.policy.check_text, text)
+        checked, refusal = verdict
         if refusal is not None:
             self.skip(memory, source, kind, refusal.reason)
-            return 0
+            return {"tokens": 0, "reason": refusal.reason}
         where = f" in {source}" if uri else ""
-        return await self.write(memory, "debug", f"Debugging step ({kind}){where}:\n{checked}", source, kind)
+        text = f"Debugging step ({kind}){where}:\n{checked}"
+        tokens = await self.write(memory, "debug", text, source, kind, redacted=verdict.redacted)
+        if not tokens:  # write() refused it (read-only, the store is off) and logged why, last
+            return {"tokens": 0, "reason": memory.manifest["audit"][-1].get("skipped", "nothing to write")}
+        return {"tokens": tokens, **({"redacted": list(verdict.redacted)} if verdict.redacted else {})}
+
+    def no_memory_reason(self, uri: str | None) -> str:
+        """Why a document (or the editor, ``uri`` None) has no memory to write into."""
+        if not uri:
+            for root, reason in self.refused.items():
+                return f"no memory for {root}: {reason}"
+            return "no workspace folder is open (memory is kept per folder)"
+        if not uri.startswith("file:"):
+            return f"{uri} is not a file in a workspace folder: it uses no memory"
+        path = Path(to_fs_path(uri) or "").resolve()
+        for root, reason in self.refused.items():
+            if path == root or root in path.parents:
+                return f"no memory for {root}: {reason}"
+        return f"{uri} is outside every workspace folder: documents there use no memory"
 
     # -- reset, import, status ------------------------------------------------------------
 

@@ -2,22 +2,24 @@
 
 Checked before every write: files matched by the workspace's ``.gitignore`` files or its
 ``.dmemignore``, files inside version-control, virtual-environment, dependency and build
-directories, secrets (by name, by content such as private-key blocks, and tokens that look
-like keys), binary files and files over a size cap are never written. A refusal carries
-the reason, which goes into the audit log. Nothing here imports torch.
+directories, secrets files (by name), binary files and files over a size cap are never
+written. Secrets inside a text (``secret_scan``: detect-secrets' plugins and our rules) are
+redacted, or the text is refused when it is mostly secret or holds a private key. A refusal
+carries the reason and a redaction names what was redacted and by which detector; both go
+into the audit log. Nothing here imports torch (nor detect-secrets until the first check).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pathspec
 
-__all__ = ["Policy", "Refusal", "is_convention_file", "secret_in_text", "IGNORED_DIRECTORIES"]
+from . import secret_scan
+
+__all__ = ["Policy", "Refusal", "Verdict", "is_convention_file", "secret_in_text", "IGNORED_DIRECTORIES"]
 
 IGNORED_DIRECTORIES = frozenset(
     {
@@ -48,13 +50,6 @@ SECRET_NAMES = re.compile(
     r"|credentials|secrets?\.(json|ya?ml|toml|ini)$|^\.htpasswd$|\.kdbx$)",
     re.I,
 )
-SECRET_CONTENT = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|-----BEGIN CERTIFICATE-----"
-    r"|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{40,}\b"
-    r"|\bsk-[A-Za-z0-9_-]{20,}\b|\bxox[abposr]-[A-Za-z0-9-]{10,}\b|\bAIza[0-9A-Za-z_-]{35}\b"
-    r"|\bhf_[A-Za-z0-9]{30,}\b|\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
-)
-TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
 
 
 @dataclass(frozen=True)
@@ -62,21 +57,29 @@ class Refusal:
     reason: str
 
 
-def _entropy(text: str) -> float:
-    counts = Counter(text)
-    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+class Verdict(tuple):
+    """``(text, refusal)``: the text to write (secrets redacted) or why not; ``redacted`` names what was redacted."""
+
+    redacted: tuple[str, ...]
+
+    def __new__(cls, text: str | None, refusal: Refusal | None, redacted: tuple[str, ...] = ()) -> "Verdict":
+        verdict = super().__new__(cls, (text, refusal))
+        verdict.redacted = tuple(redacted)
+        return verdict
+
+    @property
+    def text(self) -> str | None:
+        return self[0]
+
+    @property
+    def refusal(self) -> Refusal | None:
+        return self[1]
 
 
-def secret_in_text(text: str) -> str | None:
-    """Why ``text`` looks like it holds a secret, or None."""
-    match = SECRET_CONTENT.search(text)
-    if match:
-        return "holds a private key, certificate or access token"
-    for token in TOKEN.findall(text):
-        has_classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]")) >= 3
-        if has_classes and _entropy(token) >= 4.2:
-            return "holds a high-entropy token that looks like a key"
-    return None
+def secret_in_text(text: str, name: str | None = None) -> str | None:
+    """What secret ``text`` holds (kinds and detectors), or None."""
+    findings = secret_scan.scan(text, name)
+    return "; ".join(dict.fromkeys(f.label for f in findings)) or None
 
 
 def is_convention_file(relative: PurePosixPath) -> bool:
@@ -137,6 +140,8 @@ class Policy:
         """Whether a file may be written at all, judged by its path alone."""
         relative = self.relative(path)
         if relative is None:
+            if path.is_symlink():
+                return Refusal(f"a symbolic link that leads outside the workspace folder (to {path.resolve()})")
             return Refusal("outside the workspace folder")
         if any(part in IGNORED_DIRECTORIES for part in relative.parts[:-1]):
             return Refusal("inside an ignored directory (version control, environments, dependencies, builds)")
@@ -148,33 +153,58 @@ class Policy:
             return Refusal("ignored by .gitignore, .dmemignore or .dmem/config.toml")
         return None
 
-    def check_file(self, path: Path) -> tuple[str | None, Refusal | None]:
-        """(text, None) when the file may be written, (None, why not) otherwise."""
+    def check_file(self, path: Path) -> Verdict:
+        """(text, None) when the file may be written (its secrets redacted), (None, why not) otherwise.
+
+        Reads the file: call it off the event loop.
+        """
         refusal = self.check_path(path)
         if refusal is not None:
-            return None, refusal
+            return Verdict(None, refusal)
+        relative = self.relative(path)
         try:
+            if path.is_symlink() and not path.exists():
+                return Verdict(None, Refusal(f"a dangling symbolic link (to {path.readlink()})"))
+            if path.exists() and not path.is_file():
+                return Verdict(None, Refusal("not a regular file"))
             size = path.stat().st_size
             if size > self.max_file_bytes:
-                return None, Refusal(f"over the size cap ({size} > {self.max_file_bytes} bytes)")
+                return Verdict(None, Refusal(f"over the size cap ({size} > {self.max_file_bytes} bytes)"))
             data = path.read_bytes()
         except OSError as error:
-            return None, Refusal(f"cannot be read: {error.strerror or error}")
-        return self.check_text_bytes(data)
+            return Verdict(None, Refusal(f"cannot be read: {error.strerror or error}"))
+        return self.check_text_bytes(data, relative.as_posix())
 
-    def check_text_bytes(self, data: bytes) -> tuple[str | None, Refusal | None]:
+    def check_text_bytes(self, data: bytes, name: str | None = None) -> Verdict:
+        if len(data) > self.max_file_bytes:
+            return Verdict(None, Refusal(f"over the size cap ({len(data)} > {self.max_file_bytes} bytes)"))
         if b"\0" in data[:8192]:
-            return None, Refusal("binary")
+            return Verdict(None, Refusal("binary"))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return None, Refusal("binary (not UTF-8 text)")
-        return self.check_text(text)
+            return Verdict(None, Refusal("binary (not UTF-8 text)"))
+        return self.check_text(text, name)
 
-    def check_text(self, text: str) -> tuple[str | None, Refusal | None]:
-        if len(text.encode("utf-8")) > self.max_file_bytes:
-            return None, Refusal(f"over the size cap ({self.max_file_bytes} bytes)")
-        secret = secret_in_text(text)
-        if secret:
-            return None, Refusal(secret)
-        return text, None
+    def check_document(self, text: str) -> Refusal | None:
+        """Whether an open document may be diffed at all: over the size cap or binary (NUL characters).
+
+        Cheap (no scan, no copy of the text): call it before computing an edit's diff.
+        """
+        if len(text) > self.max_file_bytes or len(text.encode("utf-8", "surrogatepass")) > self.max_file_bytes:
+            return Refusal(f"over the size cap ({self.max_file_bytes} bytes)")
+        if "\0" in text:
+            return Refusal("binary")
+        return None
+
+    def check_text(self, text: str, name: str | None = None) -> Verdict:
+        """The text to write, its secrets redacted, or why not; ``name``: the file it comes from (None: free text).
+
+        Scans every line: call it off the event loop for anything long.
+        """
+        if len(text.encode("utf-8", "surrogatepass")) > self.max_file_bytes:
+            return Verdict(None, Refusal(f"over the size cap ({self.max_file_bytes} bytes)"))
+        screened = secret_scan.screen(text, name)
+        if screened.refused:
+            return Verdict(None, Refusal(screened.refused))
+        return Verdict(screened.text, None, screened.redacted)

@@ -24,8 +24,10 @@ CLIENT_KEY = "client"
 forwarding of diagnostics). It travels with the rest of the section and is ignored here."""
 
 
-def _setting(default: Any, *, minimum: int | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"minimum": minimum, "choices": choices})
+def _setting(
+    default: Any, *, minimum: int | None = None, maximum: int | None = None, choices: tuple[str, ...] | None = None
+) -> Any:
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ class MemorySettings:
     """How long after the last change an edit is written (a save writes at once)."""
     save_debounce_ms: int = _setting(2000, minimum=0)
     """How long after the last write the memory is saved to disk."""
-    max_file_bytes: int = _setting(262144, minimum=1024)
-    """Files and texts larger than this are never written."""
+    max_file_bytes: int = _setting(262144, minimum=1024, maximum=16 << 20)
+    """Files and texts larger than this are never written (at most 16 MiB: each is read, scanned and diffed whole)."""
     convention_tokens: int = _setting(16384, minimum=0)
     """Tokens of convention files written when a workspace is first opened."""
     convention_file_tokens: int = _setting(2048, minimum=16)
@@ -109,9 +111,11 @@ def _check(value: Any, kind: Any, meta: dict[str, Any]) -> tuple[bool, Any, str]
     if kind is bool:
         return isinstance(value, bool), value, "true or false"
     if kind is int:
-        minimum = meta.get("minimum")
-        expected = "an integer" + (f" ≥ {minimum}" if minimum is not None else "")
+        minimum, maximum = meta.get("minimum"), meta.get("maximum")
+        bounds = [f"≥ {minimum}"] * (minimum is not None) + [f"≤ {maximum}"] * (maximum is not None)
+        expected = " ".join(["an integer", " and ".join(bounds)]).strip()
         ok = isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+        ok = ok and (maximum is None or value <= maximum)
         return ok, value, expected
     if kind is str:
         choices = meta.get("choices")

@@ -102,6 +102,8 @@ def read_workspace_config(root: Path, stores: tuple[str, ...] = ()) -> tuple[Wor
     adapter in a way that cannot be used.
     """
     path = root / CONFIG_PATH
+    if path.is_dir():
+        return WorkspaceConfig(), [f"{path} is a directory, not a file: ignored (the folder uses the editor's settings)"]
     if not path.is_file():
         return WorkspaceConfig(), []
     try:

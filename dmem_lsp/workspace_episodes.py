@@ -12,8 +12,9 @@ file, and for each changed place in it (up to ``max_per_commit``):
 - target: the lines the commit put there, then end-of-sequence.
 
 Every file passes the server's write policy first: ignored files (``.gitignore``,
-``.dmemignore``), secrets by name or content, binaries and oversized files never enter an
-episode. Git runs as a subprocess (``git log``, ``git show``, ``git ls-tree``).
+``.dmemignore``), secrets files, binaries and oversized files never enter an episode, and
+secrets inside a file are redacted as the server redacts them (a file that is mostly
+secret is left out). Git runs as a subprocess (``git log``, ``git show``, ``git ls-tree``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class _Repository:
     def __init__(self, path: Path, max_file_bytes: int) -> None:
         self.root = Path(self._git(Path(path), "rev-parse", "--show-toplevel").decode().strip()).resolve()
         self.policy = Policy(self.root, max_file_bytes)
-        self._blobs: dict[str, str | None] = {}
+        self._blobs: dict[tuple[str, str], str | None] = {}
         self._trees: dict[str, dict[str, str]] = {}
 
     @staticmethod
@@ -102,12 +103,12 @@ class _Repository:
     def allowed(self, path: str) -> bool:
         return self.policy.check_path(self.root / path) is None
 
-    def text(self, blob: str) -> str | None:
-        """A blob's text, or None when the policy refuses its content (binary, too big, secrets)."""
-        if blob not in self._blobs:
-            text, refusal = self.policy.check_text_bytes(self.git("cat-file", "blob", blob))
-            self._blobs[blob] = text if refusal is None else None
-        return self._blobs[blob]
+    def text(self, blob: str, path: str) -> str | None:
+        """A blob's text with its secrets redacted, or None when the policy refuses it (binary, too big, mostly secret)."""
+        if (blob, path) not in self._blobs:
+            text, refusal = self.policy.check_text_bytes(self.git("cat-file", "blob", blob), path)
+            self._blobs[(blob, path)] = text if refusal is None else None
+        return self._blobs[(blob, path)]
 
     def tree(self, commit: str) -> dict[str, str]:
         """{path: blob} of every file in ``commit``."""
@@ -132,8 +133,8 @@ class _Repository:
         for path in (name.decode(errors="replace") for name in names if name):
             if not self.allowed(path):
                 continue
-            old = self.text(before[path]) if path in before else None
-            new = self.text(after[path]) if path in after else None
+            old = self.text(before[path], path) if path in before else None
+            new = self.text(after[path], path) if path in after else None
             if (path in before and old is None) or (path in after and new is None):
                 continue  # one side is refused: the file stays out of every episode
             changes.append(_Change(path, old, new))
@@ -150,7 +151,7 @@ class _Repository:
                 and is_convention_file(relative)
                 and self.allowed(path)
             ):
-                text = self.text(blob)
+                text = self.text(blob, path)
                 if text is not None:
                     found.append((path, text))
         return sorted(found, key=lambda item: (len(PurePosixPath(item[0]).parts), item[0]))

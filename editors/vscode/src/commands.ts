@@ -61,12 +61,17 @@ async function rememberSelection(session: Session): Promise<void> {
   const selection = editor.selection;
   const text = selection.isEmpty ? editor.document.lineAt(selection.active.line).text : editor.document.getText(selection);
   const uri = session.running().code2ProtocolConverter.asUri(editor.document.uri);
-  const { tokens } = await session.execute<{ tokens: number }>('dmem.rememberDebugStep', uri, text);
-  void vscode.window.showInformationMessage(
-    tokens > 0
-      ? `dmem remembered ${tokens} tokens as a debugging step`
-      : 'dmem wrote nothing (memory off, or the text was refused: see "dmem: Show memory status")',
+  const { tokens, reason, redacted } = await session.execute<{ tokens: number; reason?: string; redacted?: string[] }>(
+    'dmem.rememberDebugStep',
+    uri,
+    text,
   );
+  if (tokens > 0) {
+    const note = redacted?.length ? ` (redacted: ${redacted.join(', ')})` : '';
+    void vscode.window.showInformationMessage(`dmem remembered ${tokens} tokens as a debugging step${note}`);
+  } else {
+    void vscode.window.showWarningMessage(`dmem wrote nothing: ${reason ?? 'memory is off'}`);
+  }
 }
 
 async function showMemoryStatus(session: Session): Promise<void> {

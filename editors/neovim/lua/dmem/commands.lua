@@ -64,7 +64,13 @@ function M.remember(first, last, text)
     if err then
       return failed('remember', err)
     end
-    vim.notify(string.format('dmem: remembered (%d tokens written)', result and result.tokens or 0))
+    local tokens = result and result.tokens or 0
+    if tokens > 0 then
+      local redacted = result.redacted and #result.redacted > 0 and (' (redacted: ' .. table.concat(result.redacted, ', ') .. ')') or ''
+      vim.notify(string.format('dmem: remembered (%d tokens written)%s', tokens, redacted))
+    else
+      vim.notify('dmem: nothing written: ' .. (result and result.reason or 'memory is off'), vim.log.levels.WARN)
+    end
   end, bufnr)
 end
 
