@@ -15,7 +15,8 @@ KILLS = 6
 """Rounds in the test suite (a server start each, on a busy 2-core machine about 10 s)."""
 
 
-def test_random_kills_never_leave_a_state_that_lies(talkative_model, talkative_adapter, tmp_path):
+def test_random_kills_never_leave_a_state_that_lies(talkative_model, talkative_adapter, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the servers' memory, read here too
     kills = Kills(
         workspace=tmp_path / "project",
         args=["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"],
