@@ -76,6 +76,14 @@ class Kills:
     texts: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     rounds: int = 0
+    while_learning: int = 0
+    """Kills that came before the conventions pass had ended (mid-write or mid-save)."""
+
+    @property
+    def survived(self) -> int:
+        """Rounds whose restart found nothing wrong."""
+        failed = {problem.split(":")[0] for problem in self.problems if problem.startswith("restart ")}
+        return self.rounds - len(failed)
 
     @property
     def files(self) -> WorkspaceStore:
@@ -164,6 +172,7 @@ class Kills:
         finally:
             server.process.kill()
             server.process.wait(timeout=WAIT)
+        self.while_learning += not learned
         try:
             while True:  # what it wrote before dying (a completed write is reported before it is recorded)
                 self.record(server.next(WAIT))

@@ -11,8 +11,9 @@ import random
 from tests.dmem_lsp.kills import Kills
 from tests.dmem_lsp.lsp import server_env
 
-KILLS = 6
-"""Rounds in the test suite (a server start each, on a busy 2-core machine about 10 s)."""
+KILLS = 3
+"""Rounds in the test suite: each is a server start (10 s on an idle 2-core machine, 40 s
+on a busy one); benchmarks/durability.py runs 100."""
 
 
 def test_random_kills_never_leave_a_state_that_lies(talkative_model, talkative_adapter, tmp_path, monkeypatch):
@@ -27,6 +28,6 @@ def test_random_kills_never_leave_a_state_that_lies(talkative_model, talkative_a
     for _ in range(KILLS):
         kills.one_round()
     kills.finish()
-    print(f"kills survived: {KILLS - len({p.split(':')[0] for p in kills.problems})} of {KILLS}")
+    print(f"kills survived: {kills.survived} of {KILLS} ({kills.while_learning} while conventions were being written)")
     assert kills.problems == []
     assert kills.written, "no convention write completed in any round"
