@@ -103,3 +103,27 @@ def test_reset_without_a_server_zeroes_one_store(files, capsys):
 def test_commands_on_a_folder_without_memory_say_so(files, capsys):
     assert memory_cli.reset_memory(files.root, None) == 1
     assert "has no memory yet" in capsys.readouterr().err
+
+
+def test_temp_files_of_interrupted_saves_are_removed_when_the_lock_is_taken(files):
+    files.save_states(states(), FINGERPRINT, {})
+    left = [files.dir / ".manifest.json.k1l2.tmp", files.dir / ".state.safetensors.x9y8.tmp", files.requests_dir / ".a.json.q.tmp"]
+    files.requests_dir.mkdir(parents=True, exist_ok=True)
+    for path in left:
+        path.write_bytes(b"half a save")
+    assert files.acquire()
+    assert sorted(files.clean_temporary_files()) == sorted(p.name for p in left)
+    files.release()
+    assert not [p for p in files.dir.rglob("*.tmp")] and files.read_saved().states.keys() == states().keys()
+
+
+def test_the_log_file_is_private(files, tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "dmem.log"
+    subprocess.run(
+        [sys.executable, "-m", "dmem_lsp", "--log-file", str(log), "memory", "status", "--workspace", str(files.root)],
+        capture_output=True, timeout=120, env={**os.environ}, check=False,
+    )
+    assert log.exists() and log.stat().st_mode & 0o777 == 0o600
