@@ -709,7 +709,7 @@ class Learner:
 
 def _why(error: OSError) -> str:
     """An OSError as a user reads it: "Read-only file system", "No space left on device"."""
-    return error.strerror or str(error) if isinstance(error, OSError) else str(error)
+    return (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
 
 
 def log_failure(task: asyncio.Task[Any]) -> None:
