@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -77,11 +78,22 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def configure_logging(verbose: int, log_file: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(logging.FileHandler(_private(log_file), encoding="utf-8"))
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose < 2:  # pygls logs every message it sends at INFO
         logging.getLogger("pygls").setLevel(logging.WARNING)
+
+
+def _private(path: str) -> str:
+    """Create the log file 0600 (it holds code and paths), or make an existing one so."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if os.path.isfile(path):  # not a terminal or a pipe
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass  # not ours: logging to it is still what was asked
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,8 +341,13 @@ class Engine:
 def _fingerprint(mem: memory.Memory, model_id: str) -> dict:
     config = mem.config.to_dict()
     config.pop("chunk_size", None)  # how the scan is computed, not what it computes
-    backbone = {"id": model_id, **memory.adapter_io.base_shapes(mem)}
+    backbone = {"id": model_id, "model_type": _model_type(mem.model), **memory.adapter_io.base_shapes(mem)}
     return {"backbone": backbone, "adapter_sha256": _tensors_sha256(mem.adapter_state_dict()), "config": config}
+
+
+def _model_type(model) -> str | None:
+    """The backbone's architecture (``qwen3``, ``llama``): same shapes do not make the same model."""
+    return getattr(getattr(model, "config", None), "model_type", None)
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -397,6 +402,9 @@ def _check_backbone(
     else:
         ours = _model_shapes(model)
     differ = [f"{k}: adapter {shapes.get(k)}, model {v}" for k, v in ours.items() if shapes.get(k) != v]
+    model_type = _model_type(mem.model if mem is not None else model)
+    if base.get("model_type") and model_type and base["model_type"] != model_type:
+        differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
     both_hub_ids = base.get("id") and not _looks_like_path(str(base["id"])) and not _looks_like_path(model_id)
     if both_hub_ids and base["id"] != model_id:
         differ.insert(0, "another model id")

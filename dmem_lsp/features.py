@@ -302,6 +302,7 @@ async def did_save(ls: DmemServer, params: types.DidSaveTextDocumentParams) -> N
 
 
 async def did_close(ls: DmemServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.learner.closed(params.text_document.uri)
     await ls.learner.flush_edit(params.text_document.uri, closing=True)
 
 

@@ -15,7 +15,15 @@ Writes are split into chunks of ``memory.writeChunkTokens`` that run one job eac
 WRITE priority, so a completion waits behind at most one chunk. The model holds one set
 of states at a time: every job first ``activate``s the states of the folder it serves.
 Everything a write does or refuses goes into the folder's audit log and a ``dmem/memory``
-notification. States are saved (debounced) after writes and on shutdown.
+notification. States are saved (debounced) after writes and on shutdown, one save at a
+time per folder, and a save that began is never cancelled (the client going away, a reset).
+
+A reset wins over a write in progress: every store has an epoch, bumped by resets and
+imports; a write whose store's epoch changed stops before its next chunk and is reported
+as skipped. A convention file counts as learned (its sha256 goes into ``sources``) only
+once its whole text is written, and ``sources`` is saved inside the state file, so a crash
+never leaves a file recorded that the state does not hold. A save that fails (a read-only
+directory, a full disk) is shown in the editor, once per reason, and as an ``unsaved`` event.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ __all__ = ["Learner", "WorkspaceMemory", "MEMORY_EVENT", "looks_like_an_error"]
 log = logging.getLogger(__name__)
 
 MEMORY_EVENT = "dmem/memory"
-"""Notification: ``{folder, event: opened|refused|written|skipped|saved|reset|imported, store?, source?, ...}``."""
+"""Notification: ``{folder, event: opened|refused|written|skipped|saved|unsaved|reset|imported, store?, source?, ...}``."""
 
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b|FAILED|panicked at", re.I)
 CONVENTION_DEPTH = 3
@@ -83,9 +91,17 @@ class WorkspaceMemory:
         """Bumped whenever ``states`` change other than by a write in the model."""
         self.manifest: dict[str, Any] = {}
         self.read_only = False
+        self.read_only_reason = ""
+        """Why nothing is written or saved here (another server holds the lock, the directory cannot be written)."""
+        self.unsaved: str | None = None
+        """Why the last save failed (None: it did not); the user has been told."""
+        self.epochs: dict[str, int] = {}
+        """Per store, bumped by resets and imports (worker only): a write begun before stops."""
         self.snapshots: dict[str, str] = {}
         """Text per open document as of its last write (edits are diffs against it)."""
         self._save: asyncio.TimerHandle | None = None
+        self.save_lock = asyncio.Lock()
+        """Held while the files are written, and across a reset or import and its save."""
         self.watches: list[Any] = []
 
     @property
@@ -134,6 +150,8 @@ class Learner:
         self._edits: dict[str, asyncio.TimerHandle] = {}
         self._disk: dict[Path, asyncio.TimerHandle] = {}
         self._requests: set[Path] = set()
+        self.baselines: dict[str, str] = {}
+        """Text of documents opened before their folder's memory was (the model was loading)."""
         self.refused: dict[Path, str] = {}
         """Folders that got no memory, and why (their config or adapter cannot be used)."""
 
@@ -176,38 +194,84 @@ class Learner:
         self.refused.pop(root, None)
         memory = WorkspaceMemory(root, config, adapter, lambda: self.settings)
         memory.snapshots.update(snapshots or {})
-        files = memory.files
-        memory.read_only = not files.acquire()
-        memory.manifest = files.read_manifest() if not memory.read_only else _peek_manifest(files)
-        states, problem = files.load_states(memory.fingerprint, move_aside=not memory.read_only)
-        if problem:
-            self.server.show(types.MessageType.Warning, f"dmem-lsp: {problem}")
-            memory.manifest.update(tokens={}, sources={})
-        if states is None:
-            import torch
-
-            config = engine.memory.config
-            shape = (len(engine.memory.layers), config.state_heads, config.rank, config.rank)
-            states = {store: torch.zeros(shape) for store in engine.memory.stores}
-        memory.states = states
-        memory.manifest.update(memory.fingerprint)
+        for uri in [uri for uri in self.baselines if self._holds(memory, uri)]:
+            memory.snapshots.setdefault(uri, self.baselines.pop(uri))
+        notes = self._open_files(memory)
         self.folders[root] = memory
+        for note in notes:
+            self.server.show(types.MessageType.Warning, f"dmem-lsp: {note}")
         if memory.read_only:
             self.server.show(
                 types.MessageType.Warning,
-                f"dmem-lsp: the memory of {root} is in use by another dmem-lsp ({files.holder()}); "
+                f"dmem-lsp: the memory of {root} is {memory.read_only_reason}; "
                 "opened read-only: completions read it, nothing is written or saved",
             )
         else:
-            files.write_manifest(memory.manifest)
+            await self.save_manifest(memory)
         self._watch(memory)
-        self.notify(memory, "opened", readOnly=memory.read_only)
+        self.notify(memory, "opened", readOnly=memory.read_only, problems=notes)
+        self._catch_up(memory)
         if not memory.read_only:
-            for request in files.pending_requests():
+            for request in memory.files.pending_requests():
                 await self.carry_out(memory, request)
             if memory.settings.enabled:
                 await self.learn_conventions(memory)
         return memory
+
+    def _open_files(self, memory: WorkspaceMemory) -> list[str]:
+        """Take the lock, clean up after kills, load the state and manifest; what was wrong."""
+        import torch
+
+        files, engine = memory.files, self.server.engine
+        try:
+            if not files.acquire():
+                memory.read_only, memory.read_only_reason = True, f"in use by another dmem-lsp ({files.holder()})"
+        except OSError as error:
+            memory.read_only, memory.read_only_reason = True, f"in {files.dir}, which cannot be written ({_why(error)})"
+        if not memory.read_only:
+            removed = files.clean_temporary_files()
+            if removed:
+                log.info("%s: removed %d temporary files of interrupted saves", files.dir, len(removed))
+        try:
+            saved, notes = files.open_states(memory.fingerprint, move_aside=not memory.read_only)
+        except OSError as error:  # the directory cannot be written: the bad file stays
+            saved, notes = None, [f"the saved memory of {memory.root} cannot be used and cannot be moved aside ({_why(error)})"]
+        manifest, problem = files.read_manifest(move_aside=not memory.read_only)
+        if problem:
+            notes.append(f"{problem}; what memory holds is read from the state file")
+        config = engine.memory.config
+        shape = (len(engine.memory.layers), config.state_heads, config.rank, config.rank)
+        if saved is not None and (
+            set(saved.states) != set(engine.memory.stores) or any(tuple(t.shape) != shape for t in saved.states.values())
+        ):
+            notes.append(
+                f"{files.state_path} holds stores {', '.join(sorted(saved.states))} of another shape than "
+                f"{', '.join(engine.memory.stores)} {list(shape)}; memory starts empty"
+            )
+            saved = None
+        if saved is None:
+            memory.states = {store: torch.zeros(shape) for store in engine.memory.stores}
+            manifest.update(tokens={}, sources={})  # nothing saved: nothing is held
+        else:
+            memory.states = saved.states
+            manifest["tokens"] = dict(saved.tokens)
+            if saved.version != "1":  # older states kept their sources in the manifest only
+                manifest["sources"] = dict(saved.sources)
+        manifest.update(memory.fingerprint)
+        memory.manifest = manifest
+        return notes
+
+    @staticmethod
+    def _holds(memory: WorkspaceMemory, uri: str) -> bool:
+        path = Path(to_fs_path(uri) or "").resolve() if uri.startswith("file:") else None
+        return path is not None and (path == memory.root or memory.root in path.parents)
+
+    def _catch_up(self, memory: WorkspaceMemory) -> None:
+        """Documents edited while the folder was not open yet: write their edits now."""
+        for uri, text in list(memory.snapshots.items()):
+            document = self.server.workspace.text_documents.get(uri)
+            if document is not None and document.source != text and self.folder_for(uri) is memory:
+                self.changed(uri)
 
     def refuse(self, root: Path, reason: str) -> None:
         """The folder gets no memory (reads see zero state, nothing is written or saved)."""
@@ -244,6 +308,12 @@ class Learner:
             memory.watches.append(self.observer.schedule(watcher, str(memory.files.requests_dir), recursive=False))
 
     async def shutdown(self) -> None:
+        """Write the edits still waiting for their debounce, then save and close every folder."""
+        for uri in list(self._edits):
+            try:
+                await self.flush_edit(uri)
+            except Exception:  # one document failing is no reason to lose the others
+                log.exception("could not write the last edit of %s", uri)
         for root in list(self.folders):
             await self.close(root)
         if self.observer is not None:
@@ -291,11 +361,12 @@ class Learner:
         ``text`` has passed the policy; ``redacted`` names the secrets it redacted (for the audit log).
         """
         if memory.read_only:
-            self.skip(memory, source, kind, f"read-only: the memory is in use by another dmem-lsp ({memory.files.holder()})")
+            self.skip(memory, source, kind, f"read-only: the memory is {memory.read_only_reason}")
             return 0
         if not memory.config.writes(store):
             self.skip(memory, source, kind, f"{CONFIG_PATH.as_posix()} turns off writes to {store}")
             return 0
+        epoch = memory.epochs.get(store, 0)
         engine = await self.server.wait_for_engine()
         worker = self.server.worker
         ids = await asyncio.wrap_future(
@@ -305,14 +376,20 @@ class Learner:
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
 
-            def job(stop, piece=piece):
+            def job(stop, piece=piece) -> bool:
+                if memory.epochs.get(store, 0) != epoch:
+                    return False  # reset (or replaced) since this write began: the reset wins
                 self.activate(memory)
                 memory.states = assist.write_memory(engine, store, piece)
                 self.active = (memory, memory.version)
+                return True
 
-            await asyncio.wrap_future(worker.submit(job, priority=Priority.WRITE, name=f"write {store}").future)
-        tokens = memory.manifest["tokens"]
-        tokens[store] = tokens.get(store, 0) + len(ids)
+            done = await asyncio.wrap_future(worker.submit(job, priority=Priority.WRITE, name=f"write {store}").future)
+            if not done or memory.epochs.get(store, 0) != epoch:
+                self.skip(memory, source, kind, f"{store} was reset or replaced while this was being written")
+                return 0
+            tokens = memory.manifest["tokens"]
+            tokens[store] = tokens.get(store, 0) + len(piece)  # saved with the state that holds it
         entry = {"time": now(), "store": store, "source": source, "kind": kind, "tokens": len(ids)}
         details = {"redacted": list(redacted)} if redacted else {}
         memory.manifest["audit"].append({**entry, **details})
@@ -326,24 +403,61 @@ class Learner:
         if memory._save is not None:
             memory._save.cancel()
         delay = memory.settings.save_debounce_ms / 1000
-        memory._save = self.loop.call_later(delay, lambda: asyncio.ensure_future(self.save(memory)))
+        memory._save = self.loop.call_later(delay, lambda: self._spawn(self.save(memory)))
 
-    async def save(self, memory: WorkspaceMemory) -> None:
+    async def save(self, memory: WorkspaceMemory) -> bool:
+        """Save the states and the manifest; True when they are on disk. Not cancellable: a
+        save that began finishes even when the request that asked for it is cancelled."""
         if memory.read_only:
-            return
+            return False
         if memory._save is not None:
             memory._save.cancel()
             memory._save = None
-        states, manifest = memory.states, memory.manifest
-        tokens = dict(manifest["tokens"])
-        fingerprint = memory.fingerprint
+        return await asyncio.shield(asyncio.ensure_future(self._save_locked(memory)))
+
+    async def _save_locked(self, memory: WorkspaceMemory) -> bool:
+        async with memory.save_lock:
+            return await self._write_files(memory)
+
+    async def _write_files(self, memory: WorkspaceMemory, manifest_only: bool = False) -> bool:
+        """Write what memory holds now (hold ``save_lock``); a failure is told, not raised."""
+        states, fingerprint = memory.states, memory.fingerprint
+        manifest = json.loads(json.dumps(memory.manifest))  # as of now: writes go on meanwhile
 
         def save() -> None:
-            memory.files.save_states(states, fingerprint, tokens)
+            if not manifest_only:
+                memory.files.save_states(states, fingerprint, manifest["tokens"], manifest["sources"])
             memory.files.write_manifest(manifest)
 
-        await asyncio.get_running_loop().run_in_executor(None, save)
-        self.notify(memory, "saved")
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, save)
+        except OSError as error:
+            self.not_saved(memory, error)
+            return False
+        if memory.unsaved is not None:
+            memory.unsaved = None
+            self.server.show(types.MessageType.Info, f"dmem-lsp: the memory of {memory.root} is saved again")
+        if not manifest_only:
+            self.notify(memory, "saved")
+        return True
+
+    async def save_manifest(self, memory: WorkspaceMemory) -> None:
+        async with memory.save_lock:
+            await self._write_files(memory, manifest_only=True)
+
+    def not_saved(self, memory: WorkspaceMemory, error: OSError) -> None:
+        """Tell the user, once per reason, that this folder's memory is not reaching the disk."""
+        reason = _why(error)
+        log.error("cannot save the memory of %s in %s: %s", memory.root, memory.files.dir, reason)
+        if memory.unsaved == reason:
+            return
+        memory.unsaved = reason
+        self.server.show(
+            types.MessageType.Error,
+            f"dmem-lsp: the memory of {memory.root} is not being saved: {reason} ({memory.files.dir}). "
+            "What it learns is kept until the server stops; free disk space or make that folder writable",
+        )
+        self.notify(memory, "unsaved", reason=reason)
 
     # -- conventions ----------------------------------------------------------------------
 
@@ -389,10 +503,12 @@ class Learner:
         digest = hashlib.sha256(text.encode()).hexdigest()
         if memory.manifest["sources"].get(source) == digest:
             return 0
-        memory.manifest["sources"][source] = digest
         limit = min(memory.settings.convention_file_tokens, budget if budget is not None else 1 << 30)
         text = f"Project file {source}:\n{text}"
-        return await self.write(memory, "conventions", text, source, "convention", limit, verdict.redacted)
+        written = await self.write(memory, "conventions", text, source, "convention", limit, verdict.redacted)
+        if written:  # learned only once all of it is in the state (saved with it)
+            memory.manifest["sources"][source] = digest
+        return written
 
     # -- files changed on disk ------------------------------------------------------------
 
@@ -432,9 +548,15 @@ class Learner:
     # -- edits ----------------------------------------------------------------------------
 
     def opened(self, uri: str, text: str) -> None:
+        """The baseline the document's edits are diffed against, whether or not its folder is open yet."""
         memory = self.folder_for(uri)
         if memory is not None:
             memory.snapshots.setdefault(uri, text)
+        else:
+            self.baselines.setdefault(uri, text)
+
+    def closed(self, uri: str) -> None:
+        self.baselines.pop(uri, None)
 
     def changed(self, uri: str) -> None:
         memory = self.folder_for(uri)
@@ -539,18 +661,27 @@ class Learner:
     # -- reset, import, status ------------------------------------------------------------
 
     async def reset(self, memory: WorkspaceMemory, stores: list[str], source: str) -> None:
+        """Zero ``stores`` and save; writes begun before stop (not cancellable once begun)."""
+        await asyncio.shield(asyncio.ensure_future(self._reset(memory, stores, source)))
+
+    async def _reset(self, memory: WorkspaceMemory, stores: list[str], source: str) -> None:
         import torch
 
         def job(stop):
             states = dict(memory.states)
             for store in stores:
                 states[store] = torch.zeros_like(states[store])
+                memory.epochs[store] = memory.epochs.get(store, 0) + 1
             memory.states = states
             memory.version += 1
 
-        await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="reset").future)
-        record_reset(memory.manifest, stores, source)
-        await self.save(memory)
+        async with memory.save_lock:  # no save between zeroing and recording it
+            await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="reset").future)
+            record_reset(memory.manifest, stores, source)
+            if memory._save is not None:
+                memory._save.cancel()
+                memory._save = None
+            await self._write_files(memory)
         self.notify(memory, "reset", stores=stores)
 
     async def import_store(self, memory: WorkspaceMemory, snapshot: Path, source: str) -> str:
@@ -559,13 +690,21 @@ class Learner:
         store, tensor, fingerprint, tokens = read_snapshot(snapshot)
         check_fingerprint(snapshot, fingerprint, memory.fingerprint, "this folder's")
 
+        if store not in memory.states or tuple(memory.states[store].shape) != tuple(tensor.shape):
+            raise StoreError(f"{snapshot} holds store {store!r} of another shape; not imported")
+
         def job(stop):
             memory.states = {**memory.states, store: tensor}
+            memory.epochs[store] = memory.epochs.get(store, 0) + 1
             memory.version += 1
 
-        await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="import").future)
-        record_import(memory.manifest, store, tokens, source)
-        await self.save(memory)
+        async def replace() -> None:
+            async with memory.save_lock:
+                await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="import").future)
+                record_import(memory.manifest, store, tokens, source)
+                await self._write_files(memory)
+
+        await asyncio.shield(asyncio.ensure_future(replace()))
         self.notify(memory, "imported", store=store)
         return store
 
@@ -616,16 +755,9 @@ class Learner:
         }
 
 
-def _peek_manifest(files: WorkspaceStore) -> dict[str, Any]:
-    """The manifest as another server keeps it, without touching its files."""
-    try:
-        manifest = json.loads(files.manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = {}
-    manifest = manifest if isinstance(manifest, dict) else {}
-    for key, empty in (("tokens", {}), ("sources", {}), ("audit", [])):
-        manifest.setdefault(key, empty)
-    return manifest
+def _why(error: OSError) -> str:
+    """An OSError as a user reads it: "Read-only file system", "No space left on device"."""
+    return (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
 
 
 def log_failure(task: asyncio.Task[Any]) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .store import StoreError, WorkspaceStore, record_import, record_reset, state_sha256
+from .store import Saved, StoreError, WorkspaceStore, record_import, record_reset, state_sha256
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
 
@@ -55,19 +55,22 @@ def reset_memory(workspace: Path, store: str | None) -> int:
         if not files.state_path.exists():
             print(f"{files.root}: memory is empty already")
             return 0
-        states, fingerprint = files.read_states()
+        files.clean_temporary_files()
+        saved = files.read_saved()
+        states = saved.states
         stores = [store] if store else list(states)
         unknown = sorted(set(stores) - set(states))
         if unknown:
             print(f"no store {', '.join(unknown)}; the stores are {', '.join(states)}", file=sys.stderr)
             return 2
-        manifest = files.read_manifest()
+        manifest, _ = files.read_manifest()
+        manifest.update(tokens=saved.tokens, sources=saved.sources)  # the state file says what memory holds
         import torch
 
         for name in stores:
             states[name] = torch.zeros_like(states[name])
         record_reset(manifest, stores, "dmem-lsp --reset-memory")
-        files.save_states(states, fingerprint, manifest["tokens"])
+        files.save_states(states, saved.fingerprint, manifest["tokens"], manifest["sources"])
         files.write_manifest(manifest)
         print(f"{files.root}: reset {', '.join(stores)}")
         return 0
@@ -82,7 +85,9 @@ def memory_status(workspace: Path) -> int:
     files = WorkspaceStore(workspace)
     if not files.dir.is_dir():
         return _no_memory(files)
-    manifest = files.read_manifest()
+    manifest, problem = files.read_manifest(move_aside=False)
+    if problem:
+        print(f"manifest   {problem}")
     size = files.state_path.stat().st_size if files.state_path.exists() else 0
     print(f"workspace  {files.root}\nmemory     {files.dir} ({size} bytes)")
     print(f"server     {'running: ' + files.holder() if not files.acquire() else 'not running'}")
@@ -90,7 +95,9 @@ def memory_status(workspace: Path) -> int:
     states = {}
     if files.state_path.exists():
         try:
-            states, _ = files.read_states()
+            saved = files.read_saved()
+            states = saved.states
+            manifest.update(tokens=saved.tokens)
         except StoreError as error:
             print(f"state      unreadable: {error}")
     backbone = manifest.get("backbone", {})
@@ -116,15 +123,15 @@ def export_store(workspace: Path, store: str, output: Path) -> int:
     if not files.state_path.exists():
         return _no_memory(files)
     try:
-        states, fingerprint = files.read_states()
+        saved = files.read_saved()
     except StoreError as error:
         print(error, file=sys.stderr)
         return 1
-    if store not in states:
-        print(f"no store {store!r}; the stores are {', '.join(states)}", file=sys.stderr)
+    if store not in saved.states:
+        print(f"no store {store!r}; the stores are {', '.join(saved.states)}", file=sys.stderr)
         return 2
-    tokens = files.read_manifest()["tokens"].get(store, 0)
-    write_snapshot(output, store, states[store], fingerprint, tokens)
+    tokens = saved.tokens.get(store, 0)
+    write_snapshot(output, store, saved.states[store], saved.fingerprint, tokens)
     print(f"exported {store} of {files.root} ({tokens} tokens) to {output}")
     return 0
 
@@ -141,21 +148,24 @@ def import_store(workspace: Path, snapshot: Path) -> int:
     if not files.acquire():
         return _ask_server(files, {"action": "import", "file": str(snapshot.resolve())})
     try:
+        files.clean_temporary_files()
         if files.state_path.exists():
-            states, mine = files.read_states()
+            saved = files.read_saved()
         else:
             import torch
 
-            states, mine = {name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs
+            saved = Saved({name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs)
+        states, mine = saved.states, saved.fingerprint
         check_fingerprint(snapshot, theirs, mine, "this memory")
         if store not in states or states[store].shape != tensor.shape:
             print(f"{snapshot} holds store {store!r} of another shape; not imported", file=sys.stderr)
             return 1
         states[store] = tensor
-        manifest = files.read_manifest()
+        manifest, _ = files.read_manifest()
         manifest.update(mine)
+        manifest.update(tokens=saved.tokens, sources=saved.sources)
         record_import(manifest, store, tokens, str(snapshot))
-        files.save_states(states, mine, manifest["tokens"])
+        files.save_states(states, mine, manifest["tokens"], manifest["sources"])
         files.write_manifest(manifest)
         print(f"imported {store} ({tokens} tokens) into {files.root}")
         return 0

@@ -6,6 +6,10 @@ work-done progress, with ``dmem/status`` notifications), and runs every request 
 on that worker from an async handler, so ``$/cancelRequest`` (or a newer completion for the
 same document) reaches the job's stop flag while it runs. The LSP handlers themselves are
 in ``features.py``.
+
+However the client goes, what memory acknowledged is saved before the process ends:
+``shutdown``, ``exit`` (also right after ``shutdown``: it waits for that save), the client
+closing stdin (Vim/ALE and Emacs send no ``shutdown``), SIGTERM, SIGINT and SIGHUP.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import stat
 import sys
 import threading
@@ -355,8 +360,13 @@ class DmemServer(LanguageServer):
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
 
         async def main() -> None:
+            self.catch_signals()
             read = stdin_chunks(stdin or sys.stdin.buffer)
-            await serve(read, self.protocol.receive_frame, self.protocol.receive_junk, self._stop_event)
+            try:
+                await serve(read, self.protocol.receive_frame, self.protocol.receive_junk, self._stop_event)
+            except BrokenPipeError:
+                pass
+            await self.leave("the client closed stdin")  # Vim/ALE and Emacs send no shutdown
 
         try:
             asyncio.run(main())
@@ -397,8 +407,8 @@ class DmemServer(LanguageServer):
         os._exit(code)
 
     async def close(self) -> None:
-        """Stop what runs, save every folder's memory and let go of its lock (once: a second
-        call, such as ``exit`` during ``shutdown``, waits for the first)."""
+        """Stop what runs, save every folder's memory and let go of its lock. Runs once;
+        later calls wait for it, and cancelling a caller does not stop the save."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
@@ -406,9 +416,30 @@ class DmemServer(LanguageServer):
     async def _close(self) -> None:
         for task in list(self._latest.values()):
             task.cancel()
-        if self.engine is not None:
-            await self.learner.shutdown()
-        self.worker.close()
+        try:
+            if self.engine is not None:
+                await self.learner.shutdown()
+        except Exception:  # shutdown must still answer, and the other folders be saved
+            log.exception("closing the workspace memory failed")
+        finally:
+            self.worker.close()
+
+    async def leave(self, why: str) -> None:
+        """Save what was acknowledged and end the process (the client went away or a signal came)."""
+        log.info("%s: saving memory and exiting", why)
+        await self.close()
+        self.exit_process(0)
+
+    def catch_signals(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP: leave as at stdin's end (a second one while saving waits for the same save)."""
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+            if number is None:
+                continue
+            try:
+                loop.add_signal_handler(number, lambda name=number.name: asyncio.ensure_future(self.leave(name)))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+                pass
 
 
 def _read_regular_file(path: str | None) -> str:

@@ -2,7 +2,11 @@
 
 A snapshot is a safetensors file holding the tensor ``state`` and, in its metadata, the
 store's name, the token count and the fingerprint (backbone, adapter sha256, config) of
-the memory it came from. Importing it into memory made with another adapter is refused.
+the memory it came from, and a ``checksum`` over the tensor and that metadata (as in
+``store``). A snapshot whose checksum fails (a flipped bit, a renamed store, changed token
+counts, a tensor swapped in under a copied fingerprint) or that holds NaN/Inf is refused,
+naming what failed; so is one made with another adapter. Snapshots written before checksums
+(no ``checksum`` in the metadata) are refused too: export them again.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .store import StoreError, _atomic_write, _metadata
+from .store import StoreError, _atomic_write, _metadata, checksum, verify
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 
@@ -21,8 +25,10 @@ KIND = "dmem-lsp store snapshot"
 def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: dict[str, Any], tokens: int) -> None:
     from safetensors.torch import save
 
-    metadata = {"kind": KIND, "store": store, "tokens": str(tokens), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
-    _atomic_write(path, save({"state": tensor.contiguous().float()}, metadata=metadata))
+    metadata = {"kind": KIND, "store": store, "tokens": str(int(tokens)), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
+    tensors = {"state": tensor.detach().cpu().contiguous().float()}
+    metadata["checksum"] = checksum(tensors, metadata)
+    _atomic_write(Path(path), save(tensors, metadata=metadata))
 
 
 def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
@@ -32,11 +38,19 @@ def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
 
     try:
         data = Path(path).read_bytes()
-        state = load(data)["state"]
+        tensors = load(data)
         metadata = _metadata(data)
         if metadata.get("kind") != KIND:
             raise ValueError("not a dmem-lsp store snapshot")
-        return metadata["store"], state, json.loads(metadata["fingerprint"]), int(metadata.get("tokens", 0))
+        if set(tensors) != {"state"}:
+            raise ValueError(f"a snapshot holds one tensor named state, not {', '.join(sorted(tensors))}")
+        verify(tensors, metadata, Path(path))
+        tokens = int(metadata.get("tokens", 0))
+        if tokens < 0:
+            raise ValueError(f"negative token count {tokens}")
+        return metadata["store"], tensors["state"], json.loads(metadata["fingerprint"]), tokens
+    except StoreError as error:
+        raise StoreError(f"{error}; not imported") from error
     except (OSError, SafetensorError, KeyError, ValueError) as error:
         raise StoreError(f"{path} cannot be imported: {error}") from error
 

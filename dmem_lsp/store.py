@@ -1,19 +1,27 @@
 """The files of one workspace folder's memory, and how they change safely.
 
-``platformdirs.user_data_dir("dmem-lsp")/workspaces/<name>-<hash>/`` holds
+``platformdirs.user_data_dir("dmem-lsp")/workspaces/<name>-<hash>/`` (0700, files 0600) holds
 
 - ``state.safetensors``: every store's state, float32 ``[layers, heads, rank, rank]``, with
-  the fingerprint (backbone, adapter sha256, δ-mem config) and token counts in its metadata,
-  so the file alone says what it belongs to;
-- ``manifest.json``: the workspace root, the fingerprint, tokens written per store, the
-  sha256 of each convention file last written, and an audit log of writes and skips;
+  the fingerprint (backbone, adapter sha256, δ-mem config), the tokens written per store and
+  the sha256 of each convention file it holds in its metadata, and a ``checksum`` (sha256 of
+  the tensors' names, shapes and bytes and of that metadata) verified on load. The state file
+  alone says what memory holds: a source counts as learned only once a state holding it is
+  saved, and a lost manifest loses no knowledge of it;
+- ``manifest.json``: a readable copy of the above (root, fingerprint, tokens, sources) and the
+  audit log of writes and skips. One that is not JSON or has fields of the wrong type is moved
+  aside and rebuilt from the state file;
+- ``adapters/<id>/``: the state and manifest of another adapter this folder was used with,
+  kept while that adapter is not in use and put back when it is again;
 - ``lock``: held (``flock``) by the server that owns the memory; a second server opens it
   read-only. ``requests/``: resets and imports asked for from a terminal while a server
   holds the lock; that server carries them out.
 
 Every file is replaced atomically (temp file, fsync, rename), so a crash leaves the old or
-the new version. A state file that is corrupt or belongs to another backbone or adapter is
-moved aside, never deleted.
+the new version; temp files a kill left behind are removed when the lock is taken. A state
+file that is corrupt, fails its checksum or holds NaN/Inf is moved aside, never deleted.
+The checksum finds damage and careless edits, not a forger who recomputes it (it is no
+signature: the files are the user's own).
 """
 
 from __future__ import annotations
@@ -24,18 +32,25 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 __all__ = [
-    "AUDIT_LIMIT", "StoreError", "record_import", "record_reset", "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
+    "AUDIT_LIMIT", "Saved", "StoreError", "checksum", "fingerprint_id", "record_import", "record_reset",
+    "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: sources and a checksum in the state file. 1 (no checksum) is still read, once, and
+saved as 2; its sources come from the manifest."""
+READABLE_VERSIONS = ("1", "2")
 AUDIT_LIMIT = 1000
 """Audit entries kept in the manifest (the newest)."""
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 class StoreError(RuntimeError):
@@ -63,11 +78,77 @@ def state_sha256(tensor: Any) -> str:
     return hashlib.sha256(tensor.contiguous().float().numpy().tobytes()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    from memory.adapter_io import _atomic_write as write
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    """A short name for a fingerprint (where another adapter's state is kept)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def checksum(tensors: dict[str, Any], metadata: dict[str, str]) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes and of ``metadata`` (less ``checksum``)."""
+    digest = hashlib.sha256(b"dmem-lsp checksum 1\n")
+    digest.update(json.dumps({k: v for k, v in metadata.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify(tensors: dict[str, Any], metadata: dict[str, str], what: Path) -> None:
+    """StoreError naming what failed: the checksum (data or metadata changed), or values that are not finite."""
+    expected = metadata.get("checksum")
+    if expected is None:
+        raise StoreError(f"{what} carries no checksum")
+    if checksum(tensors, metadata) != expected:
+        raise StoreError(
+            f"{what} fails its checksum: its tensors ({', '.join(sorted(tensors))}) or its metadata "
+            f"({', '.join(sorted(k for k in metadata if k != 'checksum'))}) were changed or damaged"
+        )
+    finite(tensors, what)
+
+
+def finite(tensors: dict[str, Any], what: Path) -> None:
+    import torch
+
+    bad = [name for name, tensor in sorted(tensors.items()) if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise StoreError(f"{what} holds NaN or Inf values in {', '.join(bad)}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    from memory.adapter_io import _atomic_write as write  # temp file 0600, fsync, rename
+
+    private_dirs(path.parent)
     write(path, data)
+
+
+def private_dirs(path: Path) -> None:
+    """Create ``path`` and its parents up to the data folder, 0700 (memory is private data)."""
+    top = memory_root().parent
+    chain = [path, *path.parents]
+    if top not in chain:  # a place of the caller's choosing (benchmarks)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        return
+    for directory in reversed(chain[: chain.index(top) + 1]):
+        if not directory.is_dir():
+            directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        try:
+            if directory.stat().st_mode & 0o777 != PRIVATE_DIR:
+                directory.chmod(PRIVATE_DIR)
+        except OSError:
+            pass  # not ours to change: the files in it are 0600 anyway
+
+
+@dataclass
+class Saved:
+    """What a state file holds."""
+
+    states: dict[str, Any]
+    fingerprint: dict[str, Any]
+    tokens: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """{convention file: sha256 of the text written}."""
+    version: str = str(FORMAT_VERSION)
 
 
 class WorkspaceStore:
@@ -80,15 +161,18 @@ class WorkspaceStore:
         self.manifest_path = self.dir / "manifest.json"
         self.lock_path = self.dir / "lock"
         self.requests_dir = self.dir / "requests"
+        self.kept_dir = self.dir / "adapters"
         self._lock_fd: int | None = None
 
     # -- the lock -------------------------------------------------------------------------
+    # flock by hand rather than the filelock package: the lock file carries the holder's pid
+    # (``holder``), which filelock truncates on every attempt to take it.
 
     def acquire(self) -> bool:
-        """Take the lock without waiting; False when another process holds it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.requests_dir.mkdir(exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock without waiting; False when another process holds it. OSError when
+        the memory directory cannot be created or written."""
+        private_dirs(self.requests_dir)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             import fcntl
 
@@ -98,8 +182,12 @@ class WorkspaceStore:
             return False
         except ImportError:  # no flock (Windows): one server per folder is up to the user
             pass
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.fchmod(fd, PRIVATE_FILE)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # a full disk: the lock holds all the same
         self._lock_fd = fd
         return True
 
@@ -118,6 +206,15 @@ class WorkspaceStore:
     def locked(self) -> bool:
         return self._lock_fd is not None
 
+    def clean_temporary_files(self) -> list[str]:
+        """Remove the temp files of saves a kill interrupted (only while holding the lock)."""
+        removed = []
+        for folder in (self.dir, self.requests_dir, *self.kept_dir.glob("*")):
+            for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
     # -- files ----------------------------------------------------------------------------
 
     def move_aside(self, path: Path, why: str) -> Path:
@@ -125,83 +222,151 @@ class WorkspaceStore:
         os.replace(path, aside)
         return aside
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self, move_aside: bool = True) -> tuple[dict[str, Any], str | None]:
+        """(manifest, None), or (an empty manifest, what was wrong) when it is not JSON or has
+        fields of the wrong type: then it is moved aside (unless ``move_aside`` is false)."""
+        problem = None
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
+            _check_manifest(manifest)
         except FileNotFoundError:
             manifest = {}
-        except (OSError, ValueError):
-            self.move_aside(self.manifest_path, "corrupt")
+        except (OSError, ValueError) as error:
+            where = "left in place"
+            if move_aside:
+                try:
+                    where = f"kept as {self.move_aside(self.manifest_path, 'corrupt').name}"
+                except OSError as move_error:
+                    where = f"cannot be moved aside ({move_error})"
+            problem = f"{self.manifest_path} is not a valid manifest ({error}); {where}, its audit log starts again"
             manifest = {}
         manifest.setdefault("format_version", FORMAT_VERSION)
         manifest["root"] = str(self.root)
-        manifest.setdefault("tokens", {})
-        manifest.setdefault("sources", {})
-        manifest.setdefault("audit", [])
-        return manifest
+        for key, empty in (("tokens", {}), ("sources", {}), ("audit", [])):
+            manifest.setdefault(key, empty)
+        return manifest, problem
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest["audit"] = manifest["audit"][-AUDIT_LIMIT:]
         _atomic_write(self.manifest_path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
-    def read_states(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(states, fingerprint) from the state file; StoreError when it cannot be read."""
+    def read_saved(self, path: Path | None = None) -> Saved:
+        """What the state file holds, verified; StoreError naming what failed."""
         from safetensors import SafetensorError
         from safetensors.torch import load
 
+        path = path or self.state_path
         try:
-            data = self.state_path.read_bytes()
+            data = path.read_bytes()
             tensors = load(data)
             metadata = _metadata(data)
+            version = metadata.get("format_version")
+            if version not in READABLE_VERSIONS:
+                raise StoreError(f"{path} has no fingerprint of a format this dmem-lsp reads (format_version {version!r})")
+            if version != "1":
+                verify(tensors, metadata, path)
+            else:
+                finite(tensors, path)
             fingerprint = json.loads(metadata.get("fingerprint", "null"))
+            tokens = json.loads(metadata.get("tokens", "{}"))
+            sources = json.loads(metadata.get("sources", "{}"))
         except (OSError, SafetensorError, ValueError) as error:
-            raise StoreError(f"{self.state_path} cannot be read: {error}") from error
-        if not isinstance(fingerprint, dict) or metadata.get("format_version") != str(FORMAT_VERSION):
-            raise StoreError(f"{self.state_path} has no fingerprint of this format")
-        return tensors, fingerprint
+            raise StoreError(f"{path} cannot be read: {error}") from error
+        if not isinstance(fingerprint, dict):
+            raise StoreError(f"{path} has no fingerprint")
+        if not _str_dict(tokens, int) or not _str_dict(sources, str):
+            raise StoreError(f"{path} has token counts or sources of the wrong type")
+        return Saved(tensors, fingerprint, tokens, sources, version)
+
+    def read_states(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(states, fingerprint) from the state file; StoreError when it cannot be read."""
+        saved = self.read_saved()
+        return saved.states, saved.fingerprint
+
+    def open_states(self, fingerprint: dict[str, Any], move_aside: bool = True) -> tuple[Saved | None, list[str]]:
+        """The state saved for ``fingerprint`` (None: none yet) and what happened on the way.
+
+        A state made with another backbone, adapter or config is kept under ``adapters/`` (with
+        its manifest) and the one kept for ``fingerprint``, if any, is put back. A state that
+        cannot be used (damaged, tampered, NaN) is moved aside. With ``move_aside`` false (a
+        read-only opener) nothing is moved: the owner's files are left alone.
+        """
+        notes: list[str] = []
+        if self.state_path.exists():
+            try:
+                saved = self.read_saved()
+            except StoreError as error:
+                if not move_aside:
+                    return None, [f"{error}; left in place"]
+                notes.append(f"{error}; kept as {self.move_aside(self.state_path, 'corrupt').name}")
+            else:
+                differ = _differ(saved, fingerprint)
+                if not differ:
+                    return saved, notes
+                if not move_aside:
+                    return None, [f"the saved memory of {self.root} was made with another {', '.join(differ)}; left in place"]
+                kept = self._keep(saved.fingerprint)
+                notes.append(
+                    f"the saved memory of {self.root} was made with another {', '.join(differ)} "
+                    f"({saved.fingerprint.get('backbone', {}).get('id')} / adapter {str(saved.fingerprint.get('adapter_sha256'))[:12]}); "
+                    f"kept in {kept.relative_to(self.dir)} for when that adapter is used again"
+                )
+        mine = self.kept_dir / fingerprint_id(fingerprint)
+        if not move_aside or not (mine / self.state_path.name).exists():
+            if notes:
+                notes[-1] += ", memory starts empty"
+            return None, notes
+        try:
+            saved = self.read_saved(mine / self.state_path.name)
+        except StoreError as error:
+            return None, [*notes, f"the memory kept for this adapter is not usable: {error}; left in {mine.name}"]
+        if _differ(saved, fingerprint):
+            return None, notes
+        for name in (self.manifest_path.name, self.state_path.name):  # the state last: it is what counts
+            if (mine / name).exists():
+                os.replace(mine / name, self.dir / name)
+        mine.rmdir() if not any(mine.iterdir()) else None
+        notes.append(f"restored the memory of {self.root} kept for this adapter ({sum(saved.tokens.values())} tokens)")
+        return saved, notes
+
+    def _keep(self, theirs: dict[str, Any]) -> Path:
+        """Move the state (and manifest) of another fingerprint to ``adapters/<id>/``."""
+        kept = self.kept_dir / fingerprint_id(theirs)
+        private_dirs(kept)
+        if (kept / self.state_path.name).exists():
+            self.move_aside(kept / self.state_path.name, "replaced")
+        os.replace(self.state_path, kept / self.state_path.name)
+        if self.manifest_path.exists():
+            os.replace(self.manifest_path, kept / self.manifest_path.name)
+        return kept
 
     def load_states(
         self, fingerprint: dict[str, Any], move_aside: bool = True
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """(states, None); (None, None) when there are none yet; (None, what happened) when
-        the file was corrupt or made for another backbone or adapter (then it is moved aside,
-        unless ``move_aside`` is false: a read-only opener leaves the owner's files alone)."""
-        if not self.state_path.exists():
-            return None, None
+        """(states, None); (None, None) when there are none yet; (None, what happened) otherwise."""
+        saved, notes = self.open_states(fingerprint, move_aside)
+        if saved is not None:
+            return saved.states, None
+        return None, "; ".join(notes) or None
 
-        def aside(why: str) -> str:
-            return f"kept as {self.move_aside(self.state_path, why).name}" if move_aside else "left in place"
-
-        try:
-            states, theirs = self.read_states()
-        except StoreError as error:
-            return None, f"{error}; {aside('corrupt')}, memory starts empty"
-        differ = [key for key in ("backbone", "adapter_sha256", "config") if theirs.get(key) != fingerprint.get(key)]
-        if differ:
-            return None, (
-                f"the saved memory of {self.root} was made with another {', '.join(differ)} "
-                f"({theirs.get('backbone', {}).get('id')} / adapter {str(theirs.get('adapter_sha256'))[:12]}); "
-                f"{aside('other-adapter')}, memory starts empty"
-            )
-        return states, None
-
-    def save_states(self, states: dict[str, Any], fingerprint: dict[str, Any], tokens: dict[str, int]) -> None:
+    def save_states(
+        self, states: dict[str, Any], fingerprint: dict[str, Any], tokens: dict[str, int], sources: dict[str, str] | None = None
+    ) -> None:
         from safetensors.torch import save
 
+        tensors = {name: tensor.detach().cpu().contiguous().float() for name, tensor in states.items()}
         metadata = {
             "format_version": str(FORMAT_VERSION),
             "fingerprint": json.dumps(fingerprint, sort_keys=True),
-            "tokens": json.dumps(tokens, sort_keys=True),
+            "tokens": json.dumps({k: int(v) for k, v in tokens.items()}, sort_keys=True),
+            "sources": json.dumps(dict(sources or {}), sort_keys=True),
         }
-        tensors = {name: tensor.contiguous().float() for name, tensor in states.items()}
+        metadata["checksum"] = checksum(tensors, metadata)
         _atomic_write(self.state_path, save(tensors, metadata=metadata))
 
     # -- requests from a terminal ---------------------------------------------------------
 
     def add_request(self, request: dict[str, Any]) -> Path:
-        self.requests_dir.mkdir(parents=True, exist_ok=True)
         path = self.requests_dir / f"{uuid.uuid4().hex}.json"
         _atomic_write(path, json.dumps(request).encode())
         return path
@@ -210,6 +375,40 @@ class WorkspaceStore:
         if not self.requests_dir.is_dir():
             return []
         return sorted(self.requests_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def _differ(saved: Saved, fingerprint: dict[str, Any]) -> list[str]:
+    """What of ``fingerprint`` the saved state was not made with (version 1 states name no model type)."""
+    theirs = saved.fingerprint
+    differ = []
+    for key in ("backbone", "adapter_sha256", "config"):
+        a, b = theirs.get(key), fingerprint.get(key)
+        if key == "backbone" and saved.version == "1" and isinstance(a, dict) and isinstance(b, dict) and "model_type" not in a:
+            b = {k: v for k, v in b.items() if k != "model_type"}
+        if a != b:
+            differ.append(key)
+    return differ
+
+
+def _str_dict(value: Any, kind: type) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool) for k, v in value.items()
+    )
+
+
+def _check_manifest(manifest: Any) -> None:
+    """ValueError naming the first field of the wrong type."""
+    if not isinstance(manifest, dict):
+        raise ValueError("not a JSON object")
+    if not _str_dict(manifest.get("tokens", {}), int):
+        raise ValueError("tokens must map stores to counts")
+    if not _str_dict(manifest.get("sources", {}), str):
+        raise ValueError("sources must map files to sha256")
+    audit = manifest.get("audit", [])
+    if not isinstance(audit, list) or not all(isinstance(entry, dict) for entry in audit):
+        raise ValueError("audit must be a list of entries")
+    if not isinstance(manifest.get("format_version", FORMAT_VERSION), int):
+        raise ValueError("format_version must be a number")
 
 
 def record_reset(manifest: dict[str, Any], stores: list[str], source: str) -> None:
@@ -224,6 +423,8 @@ def record_reset(manifest: dict[str, Any], stores: list[str], source: str) -> No
 def record_import(manifest: dict[str, Any], store: str, tokens: int, source: str) -> None:
     manifest["tokens"][store] = tokens
     manifest["audit"].append({"time": now(), "store": store, "source": source, "kind": "import", "tokens": tokens})
+    if store == "conventions":
+        manifest["sources"] = {}  # the files it holds are another folder's
 
 
 def _metadata(data: bytes) -> dict[str, str]:

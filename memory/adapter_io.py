@@ -2,9 +2,14 @@
 
 Ours, a directory:
     adapter_config.json   sorted keys: format_version, delta_mem (the config), base_model
-                          (id, revision and the shapes the adapter was built for),
-                          parameters, weights_sha256
+                          (id, revision, model type and the shapes the adapter was built
+                          for), parameters, weights_sha256, and config_sha256: the sha256
+                          of every other key (weights_sha256 included), so alpha, the
+                          write strategy or the base model cannot change unseen
     adapter.safetensors   tensors named ``layers.{i}.{parameter}``
+
+format_version 1 (before config_sha256) is still read: its weights are checked, its config
+cannot be, and a warning says so (``dmem-lsp adapter export`` writes it as version 2).
 
 The official release, a directory:
     delta_mem_config.json  rank, alpha, num_state_heads, memory_write_granularity, ...
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -38,17 +44,21 @@ __all__ = [
     "base_shapes",
     "AdapterError",
     "FORMAT_VERSION",
+    "config_sha256",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "OFFICIAL_CONFIG_NAME",
     "OFFICIAL_WEIGHTS_NAME",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 OFFICIAL_CONFIG_NAME = "delta_mem_config.json"
 OFFICIAL_WEIGHTS_NAME = "delta_mem_adapter.pt"
+
+log = logging.getLogger(__name__)
 
 _OFFICIAL_KEY = re.compile(r"^(?:.*\.)?layers\.(\d+)\.self_attn\.(\w+)$")
 # Present in official files but inactive when delta_heads is ("q", "o"): K and V stay untouched.
@@ -128,6 +138,7 @@ def write_adapter(
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         **(extra or {}),
     }
+    meta["config_sha256"] = config_sha256(meta)
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     _atomic_write(path / CONFIG_NAME, text.encode())
     return path
@@ -178,12 +189,29 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def config_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of an adapter config's canonical JSON, less ``config_sha256`` itself."""
+    rest = {key: value for key, value in meta.items() if key != "config_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _read_ours(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
     meta = _read_json(path / CONFIG_NAME)
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise AdapterError(
-            f"{path / CONFIG_NAME}: format_version {version!r} is not supported (this dmem-lsp reads {FORMAT_VERSION})"
+            f"{path / CONFIG_NAME}: format_version {version!r} is not supported (this dmem-lsp reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    if version == 1:
+        log.warning(
+            "%s: format_version 1 has no config_sha256, so its config (alpha, write strategy, base model) is not "
+            "verified; `dmem-lsp adapter export` writes it again as version %d", path / CONFIG_NAME, FORMAT_VERSION
+        )
+    elif meta.get("config_sha256") != config_sha256(meta):
+        raise AdapterError(
+            f"{path / CONFIG_NAME} does not match its config_sha256: its settings (delta_mem, base_model, ...) "
+            "were changed after it was saved; re-export the adapter"
         )
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
@@ -277,6 +305,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, **overrides: Any) ->
     if base is not None:
         ours = base_shapes(memory)
         differ = [f"{k}: adapter {base.get(k)}, model {v}" for k, v in ours.items() if base.get(k) != v]
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if base.get("model_type") and model_type and base["model_type"] != model_type:
+            differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
         if differ:
             memory.detach()
             raise AdapterError(

@@ -39,10 +39,12 @@ def server_env(data_home: Path | None = None) -> dict[str, str]:
 class RawServer:
     """The server over raw pipes: send any bytes, read every framed message."""
 
-    def __init__(self, args: list[str], env: dict[str, str], python_flags: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], python_flags: tuple[str, ...] = (), preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         command = [sys.executable, *python_flags, "-m", "dmem_lsp", *args]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=preexec_fn
         )
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stderr: list[bytes] = []

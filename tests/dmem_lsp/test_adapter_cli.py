@@ -88,7 +88,7 @@ def test_train_in_a_subprocess_then_info(model_dirs, tmp_path, capsys):
 def test_export_then_import_keeps_every_tensor(saved, tmp_path, capsys):
     code, out, err = adapter(["export", str(saved), "--output", str(tmp_path / "exported")], capsys)
     assert code == 0, err
-    assert out.startswith(f"exported {saved} (format: dmem-lsp, version 1)")
+    assert out.startswith(f"exported {saved} (format: dmem-lsp, version 2)")
     code, _, err = adapter(["import", str(tmp_path / "exported"), "--output", str(tmp_path / "imported")], capsys)
     assert code == 0, err
     original = safetensors.torch.load_file(saved / WEIGHTS_NAME)

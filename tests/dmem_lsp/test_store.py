@@ -51,21 +51,31 @@ def test_a_crash_mid_save_leaves_the_previous_state(files, monkeypatch):
 
 
 def test_another_adapter_or_a_corrupt_file_is_moved_aside(files):
-    files.save_states(states(), FINGERPRINT, {})
-    loaded, problem = files.load_states({**FINGERPRINT, "adapter_sha256": "b" * 64})
+    saved = states()
+    files.save_states(saved, FINGERPRINT, {"edits": 4}, {"README.md": "c" * 64})
+    other = {**FINGERPRINT, "adapter_sha256": "b" * 64}
+    loaded, problem = files.load_states(other)
     assert loaded is None and "another adapter_sha256" in problem
-    assert not files.state_path.exists() and list(files.dir.glob("state.safetensors.other-adapter-*"))
+    assert not files.state_path.exists() and list(files.kept_dir.glob("*/state.safetensors"))
+    files.save_states(states(1), other, {"debug": 1})
+    restored, notes = files.open_states(FINGERPRINT)  # back to the first adapter: its state returns
+    assert all(torch.equal(restored.states[n], saved[n]) for n in saved)
+    assert restored.tokens == {"edits": 4} and restored.sources == {"README.md": "c" * 64}
+    assert "kept in adapters" in notes[0] and "restored" in notes[1]
+    again, _ = files.open_states(other)  # and the second one's is kept, not moved aside
+    assert again.tokens == {"debug": 1}
     files.state_path.write_bytes(b"garbage")
-    loaded, problem = files.load_states(FINGERPRINT)
+    loaded, problem = files.load_states(other)
     assert loaded is None and "cannot be read" in problem and list(files.dir.glob("state.safetensors.corrupt-*"))
-    assert files.load_states(FINGERPRINT) == (None, None)
+    assert files.load_states(other) == (None, None)
 
 
 def test_a_corrupt_manifest_is_moved_aside(files):
     files.dir.mkdir(parents=True)
     files.manifest_path.write_text("{nope")
-    manifest = files.read_manifest()
+    manifest, problem = files.read_manifest()
     assert manifest["tokens"] == {} and list(files.dir.glob("manifest.json.corrupt-*"))
+    assert "not a valid manifest" in problem
 
 
 def test_the_lock_is_exclusive_and_says_who_holds_it(files):
@@ -84,7 +94,7 @@ def test_reset_without_a_server_zeroes_one_store(files, capsys):
     loaded, _ = files.load_states(FINGERPRINT)
     assert not torch.count_nonzero(loaded["edits"])
     assert torch.equal(loaded["debug"], saved["debug"]) and torch.equal(loaded["conventions"], saved["conventions"])
-    assert files.read_manifest()["tokens"]["edits"] == 0
+    assert files.read_manifest()[0]["tokens"]["edits"] == 0 and files.read_saved().tokens["edits"] == 0
     assert memory_cli.memory_status(files.root) == 0
     out = capsys.readouterr().out
     assert "not running" in out and state_sha256(loaded["edits"])[:16] in out
@@ -93,3 +103,27 @@ def test_reset_without_a_server_zeroes_one_store(files, capsys):
 def test_commands_on_a_folder_without_memory_say_so(files, capsys):
     assert memory_cli.reset_memory(files.root, None) == 1
     assert "has no memory yet" in capsys.readouterr().err
+
+
+def test_temp_files_of_interrupted_saves_are_removed_when_the_lock_is_taken(files):
+    files.save_states(states(), FINGERPRINT, {})
+    left = [files.dir / ".manifest.json.k1l2.tmp", files.dir / ".state.safetensors.x9y8.tmp", files.requests_dir / ".a.json.q.tmp"]
+    files.requests_dir.mkdir(parents=True, exist_ok=True)
+    for path in left:
+        path.write_bytes(b"half a save")
+    assert files.acquire()
+    assert sorted(files.clean_temporary_files()) == sorted(p.name for p in left)
+    files.release()
+    assert not [p for p in files.dir.rglob("*.tmp")] and files.read_saved().states.keys() == states().keys()
+
+
+def test_the_log_file_is_private(files, tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "dmem.log"
+    subprocess.run(
+        [sys.executable, "-m", "dmem_lsp", "--log-file", str(log), "memory", "status", "--workspace", str(files.root)],
+        capture_output=True, timeout=120, env={**os.environ}, check=False,
+    )
+    assert log.exists() and log.stat().st_mode & 0o777 == 0o600

@@ -28,7 +28,7 @@ def test_round_trip_is_bit_exact(model_dirs, trained, tmp_path):
     expected = written_logits(model, mem)
     path = memory.save_adapter(mem, tmp_path / "adapter", base_model_id="tiny/qwen3")
     meta = json.loads((path / CONFIG_NAME).read_text())
-    assert list(meta) == sorted(meta) and meta["format_version"] == 1
+    assert list(meta) == sorted(meta) and meta["format_version"] == 2
     assert meta["base_model"]["id"] == "tiny/qwen3" and meta["base_model"]["hidden_size"] == 64
     assert meta["parameters"] == mem.num_trainable_parameters()
     assert len(meta["weights_sha256"]) == 64
