@@ -17,6 +17,8 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from . import assist
+from .positions import offset_at
+from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
 from .learning import log_failure, looks_like_an_error
 from .server import DmemServer, RequestFailed
@@ -103,8 +105,7 @@ async def _complete(
     if not settings.enabled:
         return None
     document, source = ls.document_text(uri)
-    offset = document.offset_at_position(position)
-    prefix, suffix = source[:offset], source[offset:]
+    prefix, suffix = window(source, offset_at(document, position), settings.prefix_tokens, settings.suffix_tokens)
     answer = await ls.run(
         "completion",
         lambda engine, stop, on_token: assist.complete(engine, prefix, suffix, settings, stop, on_token),
@@ -163,13 +164,15 @@ async def _explain(ls: DmemServer, uri: str, selection: types.Range, token: type
             start=types.Position(line=selection.start.line, character=0),
             end=types.Position(line=selection.start.line + 1, character=0),
         )
-    start, end = document.offset_at_position(selection.start), document.offset_at_position(selection.end)
-    code = source[start:end]
+    start, end = offset_at(document, selection.start), offset_at(document, selection.end)
+    settings = ls.settings.explain
+    # the prompt keeps the head of the code and the tail of its surroundings: cut both
+    # from the document as text enough for the token budget, never the whole selection
+    code = source[start : min(end, start + settings.code_tokens * MAX_CHARS_PER_TOKEN)]
     if not code.strip():
         raise JsonRpcInvalidParams(f"{EXPLAIN}: the range holds no code to explain")
-    context = source[max(0, start - 4000) : start] + code + source[end : end + 2000]
+    context = source[max(0, start - 4000, end + 2000 - settings.code_tokens * MAX_CHARS_PER_TOKEN) : end + 2000]
     language = document.language_id or PurePosixPath(document.path or uri).suffix.lstrip(".") or "text"
-    settings = ls.settings.explain
     answer = await ls.run(
         "explain",
         lambda engine, stop, on_token: assist.explain(engine, code, context, language, settings, stop, on_token),
