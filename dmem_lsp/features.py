@@ -17,6 +17,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from . import assist
+from .documents import use_documents
 from .positions import offset_at
 from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
@@ -66,6 +67,7 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 
 
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
+    use_documents(ls.workspace)  # edits of a huge document cost no loop over its lines
     ls.apply_settings(params.initialization_options)
 
 

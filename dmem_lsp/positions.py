@@ -11,6 +11,8 @@ before the cursor are also broken by something other than ``\\n`` or ``\\r\\n`` 
 
 from __future__ import annotations
 
+from typing import Callable
+
 from lsprotocol import types
 
 __all__ = ["offset_at"]
@@ -43,9 +45,11 @@ def _only_newlines(source: str, end: int) -> bool:
     return source.find("\r", 0, end) < 0 or source.count("\r", 0, end) == source.count("\r\n", 0, end + 1)
 
 
-def offset_at(document, position: types.Position) -> int:
+def offset_at(document, position: types.Position, slow: Callable[[types.Position], int] | None = None) -> int:
     """``document.offset_at_position(position)`` for a pygls ``TextDocument``, in time
-    proportional to the offset at C speed (no list of lines)."""
+    proportional to the offset at C speed (no list of lines); ``slow`` is pygls' own
+    conversion, for the documents it must take (default: the document's method)."""
+    slow = slow or document.offset_at_position
     source = document.source
     codec = document.position_codec
     start = _line_start(source, position.line)
@@ -53,12 +57,12 @@ def offset_at(document, position: types.Position) -> int:
         # past the last line (the empty line after a final newline, too): pygls answers
         # the start of the last line plus that line's length in client units
         if not source or not _only_newlines(source, len(source)):
-            return document.offset_at_position(position)
+            return slow(position)
         last = source.rfind("\n", 0, len(source) - 1) + 1
         return last + codec.client_num_units(source[last:])
     newline = source.find("\n", start)
     end = len(source) if newline < 0 else newline + 1
     if not _only_newlines(source, end):
-        return document.offset_at_position(position)
+        return slow(position)
     at = codec.position_from_client_units([source[start:end]], types.Position(line=0, character=position.character))
     return start + at.character
