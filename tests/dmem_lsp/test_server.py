@@ -280,3 +280,14 @@ async def test_a_huge_document_is_answered_from_a_window_around_the_cursor(sessi
         client.protocol.send_request_async("dmem/explain", {"textDocument": {"uri": uri}, "range": everything}), TIMEOUT
     )
     assert plain(explained) == {"markdown": expected}
+
+    # an incremental change at the end, as typing sends it: the next completion sees it
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text="x + ")],
+        )
+    )
+    typed = at(end.line, end.character + len("x + "))
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, typed)), TIMEOUT)
+    assert result.items[0].insert_text == expected_completion(engine, text + "x + ", "", multiline=False)
