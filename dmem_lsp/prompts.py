@@ -43,8 +43,10 @@ class Prompt:
 
 
 def _has_fim(tokenizer) -> bool:
-    vocab = tokenizer.get_vocab()
-    return all(token in vocab for token in FIM_TOKENS)
+    """Whether every FIM token is in the vocabulary (looked up one by one: ``get_vocab()``
+    would build a dict of the whole vocabulary on every completion)."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
+    return all(i is not None and i != tokenizer.unk_token_id for i in ids)
 
 
 def _tail(tokenizer, text: str, budget: int) -> list[int]:
