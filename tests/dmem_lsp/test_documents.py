@@ -28,17 +28,20 @@ def _change(rng: random.Random, text: str) -> types.TextDocumentContentChangePar
 
 
 @pytest.mark.parametrize("encoding", [types.PositionEncodingKind.Utf16, types.PositionEncodingKind.Utf8], ids=lambda e: e.value)
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(16))
 def test_incremental_changes_give_pygls_text(seed, encoding):
     rng = random.Random(seed)
     text = "".join(rng.choice(PIECES[:7] if seed % 2 else PIECES) for _ in range(rng.randrange(60)))
     ours = Document("file:///t.py", text, position_codec=PositionCodec(encoding))
     theirs = TextDocument("file:///t.py", text, position_codec=PositionCodec(encoding))
-    for step in range(40):
+    for step in range(60):
         change = _change(rng, theirs.source)
         ours.apply_change(change)
         theirs.apply_change(change)
         assert ours.source == theirs.source, (step, change)
+        for _ in range(3):  # lookups between edits, from what the document's line cache holds
+            position = _change(rng, theirs.source).range.end
+            assert ours.offset_at_position(position) == theirs.offset_at_position(position), (step, position)
 
 
 def test_a_keystroke_at_the_end_of_a_huge_document_splits_nothing():
@@ -51,6 +54,7 @@ def test_a_keystroke_at_the_end_of_a_huge_document_splits_nothing():
     document.apply_change(types.TextDocumentContentChangePartial(range=types.Range(start=here, end=here), text="x"))
     assert CountingSource.splits == 0
     assert document.source.endswith("    xtotal = compute(a, b)  # é\n") and len(document.source) == len(text) + 1
+    assert document._lines.line == lines - 1, "typing on at this line counts from its start, not from the top"
 
 
 def test_a_workspace_creates_documents_once_told_to():
