@@ -25,6 +25,7 @@ memory for the vanilla backbone with the history in its context, against δ-mem 
 history written to memory and only the query in the prompt.
 
     .venv/bin/python benchmarks/lsp_latency.py [--requests 60] [--max-tokens 16] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/lsp_latency.py --parts sizes threads
     .venv/bin/python benchmarks/lsp_latency.py --gpu-only --history 8192 32768
     .venv/bin/python benchmarks/lsp_latency.py --quick
 """
@@ -397,6 +398,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU parts")
     parser.add_argument(
+        "--parts", nargs="+", choices=("overhead", "sizes", "threads"), default=["overhead", "sizes", "threads"],
+        help="the CPU parts to run (default all)",
+    )
+    parser.add_argument(
         "--cpu-smoke", action="store_true", help="run part 2 on the CPU with a tiny model (checks the script, not a figure)"
     )
     parser.add_argument("--quick", action="store_true", help="few requests, small documents: checks the script, not a figure")
@@ -406,9 +411,12 @@ def main() -> None:
         args.requests, args.size_requests, args.busy_requests, args.busy_max_tokens = 3, 2, 2, 4
         args.sizes, args.seeds = [10 * 1024, 200 * 1024], [0]
     if not args.gpu_only:
-        server_overhead(args.requests, args.max_tokens, args.threads)
-        document_sizes(args.sizes, args.seeds, args.size_requests, args.max_tokens)
-        busy_cores(args.busy_requests, args.busy_max_tokens)
+        if "overhead" in args.parts:
+            server_overhead(args.requests, args.max_tokens, args.threads)
+        if "sizes" in args.parts:
+            document_sizes(args.sizes, args.seeds, args.size_requests, args.max_tokens)
+        if "threads" in args.parts:
+            busy_cores(args.busy_requests, args.busy_max_tokens)
 
     if args.cpu_smoke:
         shape, device, quantization = dict(QWEN3_4B, vocab_size=320, hidden_size=64, intermediate_size=128,
