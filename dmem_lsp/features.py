@@ -18,7 +18,6 @@ from pygls.uris import to_fs_path
 
 from . import assist
 from .documents import use_documents
-from .positions import offset_at
 from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
 from .learning import log_failure, looks_like_an_error
@@ -107,7 +106,8 @@ async def _complete(
     if not settings.enabled:
         return None
     document, source = ls.document_text(uri)
-    prefix, suffix = window(source, offset_at(document, position), settings.prefix_tokens, settings.suffix_tokens)
+    offset = document.offset_at_position(position)  # a Document: no split into lines, counted from its line cache
+    prefix, suffix = window(source, offset, settings.prefix_tokens, settings.suffix_tokens)
     answer = await ls.run(
         "completion",
         lambda engine, stop, on_token: assist.complete(engine, prefix, suffix, settings, stop, on_token),
@@ -166,7 +166,7 @@ async def _explain(ls: DmemServer, uri: str, selection: types.Range, token: type
             start=types.Position(line=selection.start.line, character=0),
             end=types.Position(line=selection.start.line + 1, character=0),
         )
-    start, end = offset_at(document, selection.start), offset_at(document, selection.end)
+    start, end = document.offset_at_position(selection.start), document.offset_at_position(selection.end)
     settings = ls.settings.explain
     # the prompt keeps the head of the code and the tail of its surroundings: cut both
     # from the document as text enough for the token budget, never the whole selection
