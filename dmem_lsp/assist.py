@@ -94,12 +94,13 @@ def write_memory(engine: "Engine", store: str, ids: list[int]) -> dict:
     """One write pass of ``ids`` into ``store``; returns every store's state afterwards.
 
     With a segment-write (SSW) adapter the pass is one segment: it is written once, as the
-    mean over its tokens.
+    mean over its tokens. Only the last token's logits are computed: a write needs none, and
+    the whole vocabulary for every token would double a small model's pass.
     """
     import torch
 
     input_ids = torch.tensor([ids], device=engine.device)
     segments = torch.zeros_like(input_ids) if engine.memory.config.write == "segment" else None
     with torch.inference_mode(), engine.memory.writing(store=store, segments=segments):
-        engine.model(input_ids=input_ids, use_cache=False)
+        engine.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
     return engine.memory.states()

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quantization", choices=("nf4", "none"), help="default: NF4 with bf16 compute on CUDA, full precision on the CPU"
     )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch's CPU threads (default 0, auto: half the cores, at most 4; 1 on two)"
+    )
     parser.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: every message)")
     parser.add_argument(
@@ -71,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the command line fixes (only the flags that were given)."""
-    flags = {"model": args.model, "adapter": args.adapter, "device": args.device, "quantization": args.quantization}
+    flags = {
+        "model": args.model, "adapter": args.adapter, "device": args.device, "quantization": args.quantization,
+        "threads": args.threads,
+    }
     return {key: value for key, value in flags.items() if value is not None}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .settings import parse_settings
+from .settings import parse_settings, torch_threads
 from .store import memory_root
 
 __all__ = ["run_doctor"]
@@ -78,6 +78,15 @@ def _workspace_config(lines: list[str], hints: list[str]) -> None:
     hints.extend(warnings)
 
 
+def _torch_default_threads() -> str:
+    try:
+        import torch
+
+        return str(torch.get_num_threads())  # nothing in doctor sets it
+    except Exception:
+        return "unknown"
+
+
 def run_doctor(overrides: dict[str, Any]) -> int:
     settings, _ = parse_settings(overrides)
     lines = [f"dmem-lsp {__version__}", f"python {sys.version.split()[0]} on {platform.platform()}"]
@@ -115,6 +124,8 @@ def run_doctor(overrides: dict[str, Any]) -> int:
     quantization = settings.quantization if settings.quantization != "auto" else ("nf4" if cuda else "none")
     device = settings.device if settings.device != "auto" else ("cuda" if cuda else "cpu")
     lines.append(f"would run on: {device}, quantization {quantization}")
+    threads, why = torch_threads(settings.threads)
+    lines.append(f"CPU threads: {threads} ({why}; torch's default here {_torch_default_threads()})")
     where, present = _where(settings.model)
     lines.append(f"model {settings.model}: {where}")
     if not present:

@@ -62,10 +62,15 @@ class EngineOptions:
     """auto (CUDA when available), cuda or cpu."""
     quantization: str | None = None
     """nf4 or none; None: NF4 on CUDA, full precision on the CPU."""
+    threads: int | None = None
+    """torch's intra-op threads, set on the thread that loads (the inference worker, which
+    runs every job after); None leaves torch's default."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, not {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads!r}")
         if self.quantization not in (None, "nf4", "none"):
             raise ValueError(f"quantization must be nf4 or none, not {self.quantization!r}")
 
@@ -226,6 +231,8 @@ class Engine:
         workspace names: attached first, so its configuration is the one loaded; if it
         cannot be used, that is kept in ``refused`` and the settings' adapter is attached.
         """
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
         progress("importing transformers")
         import transformers
 
@@ -295,7 +302,9 @@ class Engine:
             ) from error
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
-        log.info("loaded %s on %s (%s) with a δ-mem adapter", options.model, device, quantization)
+        log.info(
+            "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter", options.model, device, quantization, torch.get_num_threads()
+        )
         engine = cls(model, tokenizer, mem, device, quantization, options.model, attached)
         engine.default_adapter, engine._fresh, engine.refused = default, fresh, refused
         return engine

@@ -20,6 +20,8 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from . import assist, explanations
+from .documents import use_documents
+from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
 from .learning import log_failure, looks_like_an_error
 from .server import DmemServer, RequestFailed
@@ -70,6 +72,7 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 
 
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
+    use_documents(ls.workspace)  # edits of a huge document cost no loop over its lines
     ls.apply_settings(params.initialization_options)
 
 
@@ -111,8 +114,8 @@ async def _complete(
     if not settings.enabled:
         return None
     document, source = ls.document_text(uri)
-    offset = document.offset_at_position(position)
-    prefix, suffix = source[:offset], source[offset:]
+    offset = document.offset_at_position(position)  # a Document: no split into lines, counted from its line cache
+    prefix, suffix = window(source, offset, settings.prefix_tokens, settings.suffix_tokens)
     answer = await ls.run(
         "completion",
         lambda engine, stop, on_token: assist.complete(engine, prefix, suffix, settings, stop, on_token),
@@ -190,10 +193,13 @@ def _question(ls: DmemServer, uri: str, selection: types.Range) -> _Question:
             end=types.Position(line=selection.start.line + 1, character=0),
         )
     start, end = document.offset_at_position(selection.start), document.offset_at_position(selection.end)
-    code = source[start:end]
+    settings = ls.settings.explain
+    # the prompt keeps the head of the code and the tail of its surroundings: cut both
+    # from the document as text enough for the token budget, never the whole selection
+    code = source[start : min(end, start + settings.code_tokens * MAX_CHARS_PER_TOKEN)]
     if not code.strip():
         raise JsonRpcInvalidParams(f"{EXPLAIN}: the range holds no code to explain")
-    context = source[max(0, start - 4000) : start] + code + source[end : end + 2000]
+    context = source[max(0, start - 4000, end + 2000 - settings.code_tokens * MAX_CHARS_PER_TOKEN) : end + 2000]
     language = document.language_id or PurePosixPath(document.path or uri).suffix.lstrip(".") or "text"
     return _Question(uri, selection, code, context, language)
 

@@ -1,16 +1,38 @@
 """Completion prompts: fill-in-the-middle when the tokenizer has FIM tokens, chat otherwise.
 
 Pure functions over a tokenizer and text; nothing here knows the server or the model.
+A prompt keeps a budget of tokens nearest the cursor, so only a character window that
+holds that budget is ever tokenized (``_tail``, ``_head``): the cost of a prompt does not
+grow with the document. ``window`` cuts that much text around an offset out of a document.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["FIM_TOKENS", "Prompt", "completion_prompt", "explain_prompt", "is_multiline", "trim_suffix_overlap"]
+__all__ = [
+    "FIM_TOKENS", "MAX_CHARS_PER_TOKEN", "Prompt", "completion_prompt", "explain_prompt", "is_multiline",
+    "trim_suffix_overlap", "window",
+]
 
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
+
+CHARS_PER_TOKEN = 4
+"""The first guess of characters per token (code runs 3-4 in Qwen's vocabulary); a window
+that turns out to hold too few tokens is doubled until it holds enough."""
+MAX_CHARS_PER_TOKEN = 32
+"""A safe upper bound of characters per token, to cut a document's text before it reaches
+the prompt (``window``): a budget of n tokens never needs more than n × 32 characters
+except in runs of whitespace or repeated symbols, which then get fewer tokens."""
+EDGE_TOKENS = 8
+"""Tokens dropped at a window's cut when it falls inside a line: a word or a run of spaces
+cut in two tokenizes differently."""
+LINE_START = re.compile(r"\n(?=\S)")
+"""A newline before a line's first character: every GPT-style pre-tokenizer splits there,
+so the text after it tokenizes the same alone as within the document."""
+LAST_LINE_START = re.compile(r"(?s:.*)\n(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -21,18 +43,58 @@ class Prompt:
 
 
 def _has_fim(tokenizer) -> bool:
-    vocab = tokenizer.get_vocab()
-    return all(token in vocab for token in FIM_TOKENS)
+    """Whether every FIM token is in the vocabulary (looked up one by one: ``get_vocab()``
+    would build a dict of the whole vocabulary on every completion)."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
+    return all(i is not None and i != tokenizer.unk_token_id for i in ids)
 
 
 def _tail(tokenizer, text: str, budget: int) -> list[int]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[-budget:] if budget > 0 else []
+    """The last ``budget`` tokens of ``text``, tokenizing only a window at its end.
+
+    The window starts at a line's first character, so the tokens kept are the ones the
+    whole text would end with; it is doubled until it holds the budget and a line start
+    (``EDGE_TOKENS`` to spare), or reaches ``MAX_CHARS_PER_TOKEN`` a token: a cut inside
+    one huge line then drops ``EDGE_TOKENS`` at the cut.
+    """
+    if budget <= 0:
+        return []
+    size, limit = (budget + EDGE_TOKENS) * CHARS_PER_TOKEN, (budget + EDGE_TOKENS) * MAX_CHARS_PER_TOKEN
+    while True:
+        start = max(0, len(text) - size)
+        line = LINE_START.search(text, start - 1, start + size // 2) if start > 0 else None
+        if line:
+            start = line.end()
+        ids = tokenizer.encode(text[start:], add_special_tokens=False)
+        if start == 0 or size >= limit or line and len(ids) >= budget + EDGE_TOKENS:
+            return ids[-budget:]
+        size *= 2
 
 
 def _head(tokenizer, text: str, budget: int) -> list[int]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[:budget] if budget > 0 else []
+    """The first ``budget`` tokens of ``text``, tokenizing only a window at its start
+    (ending before a line's first character; doubled as in ``_tail``)."""
+    if budget <= 0:
+        return []
+    size, limit = (budget + EDGE_TOKENS) * CHARS_PER_TOKEN, (budget + EDGE_TOKENS) * MAX_CHARS_PER_TOKEN
+    while True:
+        end = min(len(text), size)
+        line = LAST_LINE_START.match(text, size // 2, end + 1) if end < len(text) else None
+        if line:
+            end = line.end()
+        ids = tokenizer.encode(text[:end], add_special_tokens=False)
+        if end == len(text) or size >= limit or line and len(ids) >= budget + EDGE_TOKENS:
+            return ids[:budget]
+        size *= 2
+
+
+def window(source: str, offset: int, before_tokens: int, after_tokens: int) -> tuple[str, str]:
+    """(the text before ``offset``, the text after it), each cut to what a prompt of
+    ``before_tokens`` / ``after_tokens`` tokens can use (``MAX_CHARS_PER_TOKEN`` a token),
+    so a huge document is never copied or tokenized whole."""
+    before = (before_tokens + EDGE_TOKENS) * MAX_CHARS_PER_TOKEN
+    after = (after_tokens + EDGE_TOKENS) * MAX_CHARS_PER_TOKEN
+    return source[max(0, offset - before) : offset], source[offset : offset + after]
 
 
 def completion_prompt(tokenizer, prefix: str, suffix: str, prefix_tokens: int, suffix_tokens: int) -> Prompt:

@@ -10,14 +10,15 @@ to the user. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS", "CLIENT_KEY"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS", "CLIENT_KEY", "cpu_cores", "torch_threads"]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
-ENGINE_KEYS = ("model", "adapter", "device", "quantization")
+ENGINE_KEYS = ("model", "adapter", "device", "quantization", "threads")
 """The settings read once, when the model loads: changing them needs a restart."""
 CLIENT_KEY = "client"
 """``dmem.client``: what an editor client keeps for itself (how to start the server,
@@ -25,9 +26,37 @@ forwarding of diagnostics). It travels with the rest of the section and is ignor
 
 
 def _setting(
-    default: Any, *, minimum: int | None = None, maximum: int | None = None, choices: tuple[str, ...] | None = None
+    default: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    choices: tuple[str, ...] | None = None,
+    auto: bool = False,
 ) -> Any:
-    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "choices": choices})
+    """``auto``: an integer setting that also takes the string "auto", as 0."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "choices": choices, "auto": auto})
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, so taskset and cgroups count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def torch_threads(setting: int, cores: int | None = None) -> tuple[int, str]:
+    """The torch thread count for ``setting``, and why: a positive setting as is;
+    0 (auto) takes OMP_NUM_THREADS when set, else half the cores, at most 4, and 1 on two
+    cores or fewer: torch's default (every core) collapses when other processes use them
+    (benchmarks/lsp_latency.py, README "Benchmarks")."""
+    if setting > 0:
+        return setting, "set"
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), "auto: OMP_NUM_THREADS"
+    cores = cpu_cores() if cores is None else cores
+    return (1 if cores <= 2 else min(cores // 2, 4)), f"auto: {cores} cores"
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,9 @@ class Settings:
     """Where the model runs: auto picks CUDA when torch sees a GPU."""
     quantization: str = _setting("auto", choices=("auto", "nf4", "none"))
     """auto: NF4 (4-bit) on CUDA, full precision on the CPU."""
+    threads: int = _setting(0, minimum=0, auto=True)
+    """torch's CPU threads (``torch.set_num_threads`` on the inference worker); 0 or "auto":
+    OMP_NUM_THREADS when set, else half the cores, at most 4 (1 on two cores or fewer)."""
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     explain: ExplainSettings = field(default_factory=ExplainSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
@@ -98,6 +130,7 @@ class Settings:
             adapter=None if self.adapter.lower() == "none" else self.adapter,
             device=self.device,
             quantization=None if self.quantization == "auto" else self.quantization,
+            threads=torch_threads(self.threads)[0],
         )
 
 
@@ -113,7 +146,9 @@ def _check(value: Any, kind: Any, meta: dict[str, Any]) -> tuple[bool, Any, str]
     if kind is int:
         minimum, maximum = meta.get("minimum"), meta.get("maximum")
         bounds = [f"≥ {minimum}"] * (minimum is not None) + [f"≤ {maximum}"] * (maximum is not None)
-        expected = " ".join(["an integer", " and ".join(bounds)]).strip()
+        expected = " ".join(["an integer", " and ".join(bounds)]).strip() + (' or "auto"' if meta.get("auto") else "")
+        if meta.get("auto") and value == "auto":
+            return True, 0, expected
         ok = isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
         ok = ok and (maximum is None or value <= maximum)
         return ok, value, expected

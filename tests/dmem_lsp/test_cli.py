@@ -107,3 +107,13 @@ def test_serves_over_tcp(tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_doctor_shows_the_cpu_threads(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    env.update(XDG_DATA_HOME=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    chosen = run("--adapter", "none", "--threads", "3", "doctor", env=env, cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    assert "CPU threads: 3 (set; torch's default here" in chosen.stdout
+    auto = run("--adapter", "none", "doctor", env={**env, "OMP_NUM_THREADS": "2"}, cwd=tmp_path).stdout
+    assert "CPU threads: 2 (auto: OMP_NUM_THREADS; torch's default here 2)" in auto

@@ -161,3 +161,19 @@ def test_a_model_saved_without_its_tokenizer_is_refused_naming_it(model_dirs, tm
     with pytest.raises(EngineError, match="no usable tokenizer") as caught:
         Engine.load(EngineOptions(model=str(bare), adapter=None, device="cpu"))
     assert str(bare) in str(caught.value)
+
+
+def test_threads_are_set_on_the_thread_that_loads(model_dirs):
+    """The server loads on its inference worker, which then runs every job: the count set
+    there is the one generation runs with."""
+    from dmem_lsp.worker import Priority, Worker
+
+    worker = Worker()
+    try:
+        options = EngineOptions(model=str(model_dirs["qwen3"]), adapter=None, device="cpu", threads=3)
+        worker.submit(lambda stop: Engine.load(options), priority=Priority.LOAD).future.result(timeout=120)
+        assert worker.submit(lambda stop: torch.get_num_threads(), priority=Priority.REQUEST).future.result(timeout=60) == 3
+    finally:
+        worker.close()
+    with pytest.raises(ValueError, match="threads"):
+        EngineOptions(threads=0)

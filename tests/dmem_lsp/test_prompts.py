@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmem_lsp.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
+from dmem_lsp.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap, window
 from tests.tiny_models import save_tiny_tokenizer
 
 
@@ -73,3 +73,72 @@ def test_single_or_multi_line(before, after, multiline):
 )
 def test_trailing_text_that_repeats_the_suffix_is_trimmed(text, suffix, expected):
     assert trim_suffix_overlap(text, suffix) == expected
+
+
+# -- a prompt's cost does not grow with the document --------------------------------------
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the characters it is asked to encode."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.encoded = tokenizer, 0
+
+    def encode(self, text: str, **kwargs):
+        self.encoded += len(text)
+        return self.tokenizer.encode(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+CODE = (
+    "def add(a, b):\n    return a + b\n\nclass Settings:\n    def __init__(self):\n"
+    "        self.path = os.getcwd()\n\nfor i in range(10):\n    print(i)  # «ünïcode»\n"
+)
+
+
+def _full_prompt(tokenizer, prefix, suffix, prefix_tokens, suffix_tokens):
+    """What the prompt was before windows: both sides tokenized whole, then trimmed."""
+    before = tokenizer.encode(prefix, add_special_tokens=False)[-prefix_tokens:] if prefix_tokens else []
+    after = tokenizer.encode(suffix, add_special_tokens=False)[:suffix_tokens]
+    p, s, m = (tokenizer.convert_tokens_to_ids(t) for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+    return [p, *before, s, *after, m]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 40, 123], ids=lambda cut: f"cut{cut}")
+def test_windowed_prompt_is_the_prompt_of_the_whole_text(tokenizers, cut):
+    fim, _ = tokenizers
+    text = CODE * 300  # ~40 K characters: small enough to tokenize whole as the reference
+    offset = len(text) // 2 + cut
+    prefix, suffix = text[:offset], text[offset:]
+    for budgets in ((1536, 512), (30, 12), (0, 5), (5000, 5000)):
+        assert completion_prompt(fim, prefix, suffix, *budgets).input_ids == _full_prompt(fim, prefix, suffix, *budgets)
+
+
+def test_a_window_grows_when_its_text_holds_few_tokens(tokenizers):
+    """Long runs of spaces are long tokens: the first window holds too few and is doubled."""
+    fim, _ = tokenizers
+    prefix = ("x = 1" + " " * 3000 + "\n") * 10
+    suffix = ("\t" * 2000 + "y\n") * 10
+    assert completion_prompt(fim, prefix, suffix, 300, 300).input_ids == _full_prompt(fim, prefix, suffix, 300, 300)
+
+
+def test_a_huge_document_is_not_tokenized_whole(tokenizers):
+    """16 MB of code, the cursor near its end: the prompt is the one for the window cut out
+    around the cursor, and the tokenizer sees a few thousand characters, not millions."""
+    fim, _ = tokenizers
+    source = CODE * (16_000_000 // len(CODE))
+    offset = len(source) - 1000
+    counting = CountingTokenizer(fim)
+    prefix, suffix = window(source, offset, 1536, 512)
+    assert len(prefix) + len(suffix) < 100_000
+    prompt = completion_prompt(counting, prefix, suffix, 1536, 512)
+    assert counting.encoded < 20_000, f"{counting.encoded} characters tokenized"
+    small = source[offset - 50_000 : offset + 1000]
+    assert prompt.input_ids == completion_prompt(fim, small[:50_000], small[50_000:], 1536, 512).input_ids
+
+    counting.encoded = 0
+    explained = explain_prompt(counting, source, source, "python", budget=1024)
+    assert counting.encoded < 20_000, f"{counting.encoded} characters tokenized"
+    assert explained.input_ids == explain_prompt(fim, source[:20_000], source[-20_000:], "python", budget=1024).input_ids

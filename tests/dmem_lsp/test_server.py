@@ -325,3 +325,38 @@ async def test_settings_are_pulled_when_the_client_says_they_changed(session, en
     offset = SOURCE.index("b):") + 3
     assert result.items[0].insert_text == expected_completion(engine, SOURCE[:offset], SOURCE[offset:], True, max_tokens=3)
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+
+
+async def test_a_huge_document_is_answered_from_a_window_around_the_cursor(session, engine, tmp_path_factory):
+    """4 MB open (outside the workspace, so nothing is written): a completion at its end and
+    an explanation of all of it are the ones the engine gives for the whole text."""
+    client, _, _, _ = session
+    await wait_for_status(client, "ready")
+    line = "    total = compute(a, b)  # é\n"
+    text = line * (4_000_000 // len(line)) + SOURCE + "def f(x):\n    return "
+    uri = (tmp_path_factory.mktemp("outside") / "huge.py").as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+    )
+    end = at(text.count("\n"), len("    return "))
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, end)), TIMEOUT)
+    assert result.items[0].insert_text == expected_completion(engine, text, "", multiline=False)
+
+    prompt = explain_prompt(engine.tokenizer, text, text, "python", 1024)
+    expected = engine.generate(prompt.input_ids, max_new_tokens=16).text.strip()
+    everything = {"start": {"line": 0, "character": 0}, "end": {"line": end.line, "character": end.character}}
+    explained = await asyncio.wait_for(
+        client.protocol.send_request_async("dmem/explain", {"textDocument": {"uri": uri}, "range": everything}), TIMEOUT
+    )
+    assert plain(explained) == {"markdown": expected}
+
+    # an incremental change at the end, as typing sends it: the next completion sees it
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text="x + ")],
+        )
+    )
+    typed = at(end.line, end.character + len("x + "))
+    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, typed)), TIMEOUT)
+    assert result.items[0].insert_text == expected_completion(engine, text + "x + ", "", multiline=False)

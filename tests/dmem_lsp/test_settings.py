@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmem_lsp.settings import Settings, merge, parse_settings
+from dmem_lsp.settings import Settings, merge, parse_settings, torch_threads
 
 
 def test_defaults_without_settings():
@@ -72,3 +72,20 @@ def test_the_editor_clients_own_settings_are_ignored_quietly():
     raw = {"dmem": {"model": "m", "client": {"serverPath": "/opt/dmem-lsp", "forwardDiagnostics": True}}}
     settings, warnings = parse_settings(raw)
     assert settings.model == "m" and warnings == []
+
+
+def test_threads_take_a_count_or_auto():
+    assert parse_settings({"threads": 3}) == (Settings(threads=3), [])
+    assert parse_settings({"threads": "auto"}) == (Settings(threads=0), [])
+    for bad in (-1, "four", 1.5):
+        settings, (warning,) = parse_settings({"threads": bad})
+        assert settings.threads == 0 and warning.startswith("dmem.threads: expected an integer ≥ 0 or \"auto\"")
+
+
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (3, 1), (4, 2), (6, 3), (8, 4), (64, 4)])
+def test_auto_threads_are_half_the_cores_at_most_four(monkeypatch, cores, threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert torch_threads(0, cores) == (threads, f"auto: {cores} cores")
+    assert torch_threads(5, cores) == (5, "set")
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert torch_threads(0, cores) == (7, "auto: OMP_NUM_THREADS")

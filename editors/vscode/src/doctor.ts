@@ -31,11 +31,11 @@ export function runDoctor(output: vscode.OutputChannel): Promise<void> {
   });
 }
 
-/** --model/--adapter/--device/--quantization from the settings, unless serverArgs already give them. */
+/** --model/--adapter/--device/--quantization/--threads from the settings, unless serverArgs already give them. */
 function settingFlags(serverArgs: string[]): string[] {
   const config = vscode.workspace.getConfiguration(SECTION);
-  return ['model', 'adapter', 'device', 'quantization'].flatMap((key) => {
-    const value = config.get<string>(key);
-    return value && value !== 'auto' && !serverArgs.includes(`--${key}`) ? [`--${key}`, value] : [];
+  return ['model', 'adapter', 'device', 'quantization', 'threads'].flatMap((key) => {
+    const value = config.get<string | number>(key);
+    return value && value !== 'auto' && !serverArgs.includes(`--${key}`) ? [`--${key}`, String(value)] : [];
   });
 }

@@ -13,7 +13,7 @@ import * as vscode from 'vscode';
 export const SECTION = 'dmem';
 
 /** Read when the model loads (the server's ENGINE_KEYS), or how the server starts: a change restarts it. */
-const RESTART_KEYS = ['model', 'adapter', 'device', 'quantization', 'client.serverPath', 'client.serverArgs'];
+const RESTART_KEYS = ['model', 'adapter', 'device', 'quantization', 'threads', 'client.serverPath', 'client.serverArgs'];
 
 export interface ClientSettings {
   serverPath: string;
