@@ -44,7 +44,7 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
     server.feature(types.EXIT)(exit_now)
     server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(inline_completion)
-    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
+    # textDocument/completion: registered in `initialize`, for clients without inline completion
     server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.Empty])
     )(code_action)
@@ -65,6 +65,16 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
     ls.apply_settings(params.initialization_options)
+    if not _has_inline_completion(params.capabilities) and types.TEXT_DOCUMENT_COMPLETION not in ls.protocol.fm.features:
+        # pygls builds the capabilities after this handler: completionProvider is advertised
+        # only here, so a client never asks for both and runs two generations per pause
+        ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
+
+
+def _has_inline_completion(capabilities: types.ClientCapabilities) -> bool:
+    """Whether the client shows inline completions (ghost text) itself, as VS Code does."""
+    text_document = capabilities.text_document
+    return text_document is not None and text_document.inline_completion is not None
 
 
 def initialized(ls: DmemServer, params: types.InitializedParams) -> None:
