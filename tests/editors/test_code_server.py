@@ -51,7 +51,7 @@ def tools() -> dict[str, str]:
     node = E2E / "node_modules" / f"node-linux-{arch}" / "bin" / "node"
     chromium = next((shutil.which(name) for name in ("chromium-headless-shell", "chromium") if shutil.which(name)), None)
     npm = shutil.which("npm")
-    if not (E2E / "node_modules" / "code-server" / "lib" / "vscode" / "node_modules").is_dir() or not node.exists():
+    if not (E2E / "node_modules" / ".dmem-installed").exists() or not node.exists():  # written once code-server built
         _missing("code-server and Node 24 are not installed in editors/vscode/e2e: run scripts/setup-editors")
     if chromium is None:
         _missing("no Chromium (Debian's chromium-headless-shell or chromium): run scripts/setup-editors as root")
