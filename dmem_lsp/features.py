@@ -65,7 +65,8 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
     ls.apply_settings(params.initialization_options)
-    if not _has_inline_completion(params.capabilities) and types.TEXT_DOCUMENT_COMPLETION not in ls.protocol.fm.features:
+    registered = types.TEXT_DOCUMENT_COMPLETION in ls.protocol.fm.features
+    if not registered and not _has_inline_completion(params.capabilities):
         # pygls builds the capabilities after this handler: completionProvider is advertised
         # only here, so a client never asks for both and runs two generations per pause
         ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)

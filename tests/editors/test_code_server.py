@@ -49,7 +49,7 @@ def tools() -> dict[str, str]:
     """Node 24, code-server and puppeteer-core from editors/vscode/e2e, Chromium, and npm."""
     arch = {"x86_64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
     node = E2E / "node_modules" / f"node-linux-{arch}" / "bin" / "node"
-    chromium = next((shutil.which(name) for name in ("chromium-headless-shell", "chromium") if shutil.which(name)), None)
+    chromium = shutil.which("chromium-headless-shell") or shutil.which("chromium")
     npm = shutil.which("npm")
     if not (E2E / "node_modules" / ".dmem-installed").exists() or not node.exists():  # written once code-server built
         _missing("code-server and Node 24 are not installed in editors/vscode/e2e: run scripts/setup-editors")
@@ -81,8 +81,11 @@ def expected(talkative_model, talkative_adapter) -> str:
 
 
 @pytest.mark.timeout(TIMEOUT + 60)
-def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(tools, vsix, expected, talkative_model, talkative_adapter, tmp_path):
-    server = [sys.executable, "-m", "dmem_lsp", "--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
+def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(
+    tools, vsix, expected, talkative_model, talkative_adapter, tmp_path
+):
+    server = [sys.executable, "-m", "dmem_lsp", "--model", str(talkative_model), "--adapter", str(talkative_adapter)]
+    server += ["--device", "cpu"]
     config = {
         "dir": str(tmp_path),
         "vsix": str(vsix),
