@@ -52,7 +52,7 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
     server.feature(types.EXIT)(exit_now)
     server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(inline_completion)
-    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
+    # textDocument/completion: registered in `initialize`, for clients without inline completion
     server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.Empty])
     )(code_action)
@@ -74,6 +74,17 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
     use_documents(ls.workspace)  # edits of a huge document cost no loop over its lines
     ls.apply_settings(params.initialization_options)
+    registered = types.TEXT_DOCUMENT_COMPLETION in ls.protocol.fm.features
+    if not registered and not _has_inline_completion(params.capabilities):
+        # pygls builds the capabilities after this handler: completionProvider is advertised
+        # only here, so a client never asks for both and runs two generations per pause
+        ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
+
+
+def _has_inline_completion(capabilities: types.ClientCapabilities) -> bool:
+    """Whether the client shows inline completions (ghost text) itself, as VS Code does."""
+    text_document = capabilities.text_document
+    return text_document is not None and text_document.inline_completion is not None
 
 
 def initialized(ls: DmemServer, params: types.InitializedParams) -> None:

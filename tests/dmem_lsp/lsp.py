@@ -152,11 +152,12 @@ CAPABILITIES = types.ClientCapabilities(
     ),
     workspace=types.WorkspaceClientCapabilities(configuration=True, did_change_configuration=types.DidChangeConfigurationClientCapabilities()),
     text_document=types.TextDocumentClientCapabilities(
-        inline_completion=types.InlineCompletionClientCapabilities(),
         completion=types.CompletionClientCapabilities(),
         code_action=types.CodeActionClientCapabilities(),
     ),
 )
+"""A plain LSP client (no inline completion declared, as eglot): it gets textDocument/completion,
+and the server answers textDocument/inlineCompletion all the same (the Neovim plugin asks it)."""
 
 
 async def start(

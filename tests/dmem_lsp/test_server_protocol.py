@@ -34,6 +34,19 @@ def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_pat
     assert not {"torch", "transformers", "memory"} & imported  # ... and never loaded the model stack
 
 
+
+def test_a_client_with_inline_completion_gets_no_completion_provider(talkative_model, tmp_path):
+    """VS Code asks for both when both are advertised, and the popup's request cancels the
+    ghost text's (one cancellation key per document): such a client gets ghost text only."""
+    server = RawServer(["--model", str(talkative_model), "--adapter", "none"], server_env(tmp_path))
+    capabilities = {"textDocument": {"inlineCompletion": {"dynamicRegistration": True}, "completion": {}}}
+    server.request(1, "initialize", {"capabilities": capabilities, "processId": None})
+    advertised = server.response(1)["result"]["capabilities"]
+    assert "inlineCompletionProvider" in advertised and "completionProvider" not in advertised
+    server.request(2, "textDocument/completion", {"textDocument": {"uri": "file:///a.py"}, "position": POSITION})
+    assert server.response(2)["error"]["code"] == -32601  # nothing generates for its popup
+    assert server.close() == 0
+
 def test_bad_input_gets_an_error_response_and_a_failed_load_is_explained(tmp_path):
     missing = tmp_path / "no-such-model"
     server = RawServer(["--model", str(missing)], server_env(tmp_path))
