@@ -21,6 +21,7 @@ notification. States are saved (debounced) after writes and on shutdown.
 from __future__ import annotations
 
 import asyncio
+import copy
 import difflib
 import hashlib
 import json
@@ -37,7 +38,7 @@ from watchdog.observers import Observer
 
 from . import assist
 from .policy import IGNORED_DIRECTORIES, Policy, Refusal
-from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
+from .store import AUDIT_LIMIT, StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
 from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
 from .worker import Priority
 
@@ -86,6 +87,8 @@ class WorkspaceMemory:
         self.snapshots: dict[str, str] = {}
         """Text per open document as of its last write (edits are diffs against it)."""
         self._save: asyncio.TimerHandle | None = None
+        self.saving = asyncio.Lock()
+        """Held while a save runs: saves never overlap, so an older one cannot land after a newer one."""
         self.watches: list[Any] = []
 
     @property
@@ -318,15 +321,19 @@ class Learner:
         if memory._save is not None:
             memory._save.cancel()
             memory._save = None
-        states, manifest = memory.states, memory.manifest
-        tokens = dict(manifest["tokens"])
-        fingerprint = memory.fingerprint
+        async with memory.saving:
+            # taken once the previous save is done: the states and manifest as they are now,
+            # copied (writes go on changing the manifest on the event loop while the file is written)
+            memory.manifest["audit"] = memory.manifest["audit"][-AUDIT_LIMIT:]
+            states, manifest = memory.states, copy.deepcopy(memory.manifest)
+            tokens = dict(manifest["tokens"])
+            fingerprint = memory.fingerprint
 
-        def save() -> None:
-            memory.files.save_states(states, fingerprint, tokens)
-            memory.files.write_manifest(manifest)
+            def save() -> None:
+                memory.files.save_states(states, fingerprint, tokens)
+                memory.files.write_manifest(manifest)
 
-        await asyncio.get_running_loop().run_in_executor(None, save)
+            await asyncio.get_running_loop().run_in_executor(None, save)
         self.notify(memory, "saved")
 
     # -- conventions ----------------------------------------------------------------------
