@@ -4,6 +4,9 @@ These work whether or not a server is running. Without one, the command takes th
 folder's lock and changes the files itself. With one (the lock is held), it leaves a
 request in the memory's ``requests/`` folder; the server carries it out at once (it
 watches that folder), writes the outcome next to it, and the command prints it.
+
+States are read and written as numpy arrays (safetensors' numpy API): these commands never
+import torch, so they answer in well under a second.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .store import StoreError, WorkspaceStore, record_import, record_reset, state_sha256
 
@@ -55,17 +60,15 @@ def reset_memory(workspace: Path, store: str | None) -> int:
         if not files.state_path.exists():
             print(f"{files.root}: memory is empty already")
             return 0
-        states, fingerprint = files.read_states()
+        states, fingerprint = files.read_states(numpy=True)
         stores = [store] if store else list(states)
         unknown = sorted(set(stores) - set(states))
         if unknown:
             print(f"no store {', '.join(unknown)}; the stores are {', '.join(states)}", file=sys.stderr)
             return 2
         manifest = files.read_manifest()
-        import torch
-
         for name in stores:
-            states[name] = torch.zeros_like(states[name])
+            states[name] = np.zeros_like(states[name])
         record_reset(manifest, stores, "dmem-lsp --reset-memory")
         files.save_states(states, fingerprint, manifest["tokens"])
         files.write_manifest(manifest)
@@ -90,7 +93,7 @@ def memory_status(workspace: Path) -> int:
     states = {}
     if files.state_path.exists():
         try:
-            states, _ = files.read_states()
+            states, _ = files.read_states(numpy=True)
         except StoreError as error:
             print(f"state      unreadable: {error}")
     backbone = manifest.get("backbone", {})
@@ -116,7 +119,7 @@ def export_store(workspace: Path, store: str, output: Path) -> int:
     if not files.state_path.exists():
         return _no_memory(files)
     try:
-        states, fingerprint = files.read_states()
+        states, fingerprint = files.read_states(numpy=True)
     except StoreError as error:
         print(error, file=sys.stderr)
         return 1
@@ -134,7 +137,7 @@ def import_store(workspace: Path, snapshot: Path) -> int:
 
     files = WorkspaceStore(workspace)
     try:
-        store, tensor, theirs, tokens = read_snapshot(snapshot)
+        store, tensor, theirs, tokens = read_snapshot(snapshot, numpy=True)
     except StoreError as error:
         print(error, file=sys.stderr)
         return 1
@@ -142,11 +145,9 @@ def import_store(workspace: Path, snapshot: Path) -> int:
         return _ask_server(files, {"action": "import", "file": str(snapshot.resolve())})
     try:
         if files.state_path.exists():
-            states, mine = files.read_states()
+            states, mine = files.read_states(numpy=True)
         else:
-            import torch
-
-            states, mine = {name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs
+            states, mine = {name: np.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs
         check_fingerprint(snapshot, theirs, mine, "this memory")
         if store not in states or states[store].shape != tensor.shape:
             print(f"{snapshot} holds store {store!r} of another shape; not imported", file=sys.stderr)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .store import StoreError, _atomic_write, _metadata
+from .store import StoreError, _atomic_write, _loader, _metadata, _serialize
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 
@@ -19,16 +19,16 @@ KIND = "dmem-lsp store snapshot"
 
 
 def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: dict[str, Any], tokens: int) -> None:
-    from safetensors.torch import save
-
     metadata = {"kind": KIND, "store": store, "tokens": str(tokens), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
-    _atomic_write(path, save({"state": tensor.contiguous().float()}, metadata=metadata))
+    _atomic_write(path, _serialize({"state": tensor}, metadata))
 
 
-def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
-    """(store, state, fingerprint, tokens); StoreError when it is not a snapshot."""
+def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, dict[str, Any], int]:
+    """(store, state, fingerprint, tokens); StoreError when it is not a snapshot.
+    ``numpy``: the state as a numpy array, without importing torch."""
     from safetensors import SafetensorError
-    from safetensors.torch import load
+
+    load = _loader(numpy)
 
     try:
         data = Path(path).read_bytes()

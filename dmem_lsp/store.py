@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -59,15 +60,25 @@ def now() -> str:
 
 
 def state_sha256(tensor: Any) -> str:
-    """The sha256 of a state's float32 bytes (what ``memory status`` and tests compare)."""
-    return hashlib.sha256(tensor.contiguous().float().numpy().tobytes()).hexdigest()
+    """The sha256 of a state's float32 bytes (what ``memory status`` and tests compare); a torch
+    tensor or a numpy array (the terminal commands read states without torch)."""
+    return hashlib.sha256(_float32(tensor).tobytes()).hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from memory.adapter_io import _atomic_write as write
-
+    """Write through a temporary file in the same directory, fsync, then rename (as
+    ``memory.adapter_io`` does; not imported from there, which would import torch)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class WorkspaceStore:
@@ -146,10 +157,12 @@ class WorkspaceStore:
         manifest["audit"] = manifest["audit"][-AUDIT_LIMIT:]
         _atomic_write(self.manifest_path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
-    def read_states(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(states, fingerprint) from the state file; StoreError when it cannot be read."""
+    def read_states(self, numpy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(states, fingerprint) from the state file; StoreError when it cannot be read.
+        ``numpy``: numpy arrays instead of torch tensors, without importing torch."""
         from safetensors import SafetensorError
-        from safetensors.torch import load
+
+        load = _loader(numpy)
 
         try:
             data = self.state_path.read_bytes()
@@ -188,15 +201,12 @@ class WorkspaceStore:
         return states, None
 
     def save_states(self, states: dict[str, Any], fingerprint: dict[str, Any], tokens: dict[str, int]) -> None:
-        from safetensors.torch import save
-
         metadata = {
             "format_version": str(FORMAT_VERSION),
             "fingerprint": json.dumps(fingerprint, sort_keys=True),
             "tokens": json.dumps(tokens, sort_keys=True),
         }
-        tensors = {name: tensor.contiguous().float() for name, tensor in states.items()}
-        _atomic_write(self.state_path, save(tensors, metadata=metadata))
+        _atomic_write(self.state_path, _serialize(states, metadata))
 
     # -- requests from a terminal ---------------------------------------------------------
 
@@ -231,3 +241,33 @@ def _metadata(data: bytes) -> dict[str, str]:
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
     return header.get("__metadata__") or {}
+
+
+def _float32(tensor: Any) -> Any:
+    """A contiguous float32 numpy array of a torch tensor or a numpy array."""
+    import numpy as np
+
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+    return tensor.detach().contiguous().float().cpu().numpy()
+
+
+def _loader(numpy: bool):
+    if numpy:
+        from safetensors.numpy import load
+    else:
+        from safetensors.torch import load
+    return load
+
+
+def _serialize(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes of float32 ``tensors`` (torch tensors, or numpy arrays without importing torch)."""
+    import numpy as np
+
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+        from safetensors.numpy import save
+
+        return save({name: _float32(t) for name, t in tensors.items()}, metadata=metadata)
+    from safetensors.torch import save
+
+    return save({name: t.contiguous().float() for name, t in tensors.items()}, metadata=metadata)
