@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -115,6 +116,37 @@ def quiet_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+TERMINAL_BANNER = """\
+dmem-lsp {version}: a language server. Editors start it and talk to it over stdin/stdout,
+so in a terminal it waits for an editor's messages and prints nothing more.
+  Neovim 0.11+:  vim.opt.runtimepath:append('{root}/editors/neovim') and vim.lsp.enable('dmem')
+  VS Code:       install the extension built from {root}/editors/vscode (README, "VS Code")
+  Try it here:   dmem-lsp doctor      what it would load, and whether it would start
+                 dmem-lsp download    get the model and adapter ahead of time
+Ctrl-C ends it."""
+
+
+def explain_in_a_terminal(tcp: bool) -> None:
+    """When a person runs the server in a terminal: say what it is, and let Ctrl-C end it at once.
+
+    (An editor's pipes are not a terminal: then nothing changes.) pygls reads stdin on a
+    thread, so a KeyboardInterrupt would wait for that read to end; with nothing to save
+    (an editor would have sent its messages), the process simply exits.
+    """
+    if not sys.stdin.isatty():
+        return
+    signal.signal(signal.SIGINT, _stop_at_once)
+    if not tcp:
+        checkout = Path(__file__).resolve().parent.parent
+        root = str(checkout) if (checkout / "editors").is_dir() else "/path/to/dmem-lsp"  # a clone, or installed
+        print(TERMINAL_BANNER.format(version=__version__, root=root), file=sys.stderr, flush=True)
+
+
+def _stop_at_once(signum: int, frame: Any) -> None:
+    os.write(2, b"\ndmem-lsp: stopped\n")  # not sys.stderr: its lock may be held by another thread
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.log_file)
@@ -143,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             return memory_cli.export_store(workspace, args.export_store, Path(args.output))
         return memory_cli.import_store(workspace, Path(args.file))
     quiet_progress_bars()
+    explain_in_a_terminal(args.tcp)
     from .features import create_server
 
     server = create_server(overrides_from(args))
