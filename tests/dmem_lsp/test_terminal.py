@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import subprocess
 import sys
 import time
 
@@ -76,3 +77,23 @@ def test_the_server_stderr_holds_no_progress_bars_or_deprecation_warnings(talkat
     stderr = b"".join(server.stderr).decode(errors="replace")
     for noise in ("Loading weights", "%|", "FutureWarning", "deprecated", "Warning:"):
         assert noise not in stderr, stderr
+
+
+QUIET_CHECK = """
+import logging, sys, warnings
+from dmem_lsp.cli import configure_logging
+configure_logging(int(sys.argv[1]), None)
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward: No module named 'kernels'")
+warnings.warn("`past_key_values` is deprecated", FutureWarning)
+logging.getLogger("dmem_lsp.server").warning("a warning of our own")
+"""
+
+
+def test_library_notices_and_python_warnings_are_heard_only_with_v():
+    quiet, verbose = (
+        subprocess.run([sys.executable, "-c", QUIET_CHECK, level], capture_output=True, text=True, timeout=60, check=True)
+        for level in ("0", "1")
+    )
+    assert "kernels" not in quiet.stderr and "deprecated" not in quiet.stderr
+    assert "a warning of our own" in quiet.stderr
+    assert "kernels" in verbose.stderr and "FutureWarning" in verbose.stderr
