@@ -56,7 +56,7 @@ def _fetch_hint(what: str, name: str, flag: str, revision: str | None = None) ->
     """What to do about ``name`` that is not here: a missing directory, or a hub id not in the cache."""
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
-        return f"the {what} directory {name} does not exist: {flag}"
+        return f"the {what} directory {name} {'is not a directory' if path.exists() else 'does not exist'}: {flag}"
     fetch = download_command(**({"model": name} if what == "model" else {"adapter": name, "revision": revision}))
     return f"the {what} {name} is not in the Hugging Face cache: run `{fetch}` with network access, or {flag}"
 
@@ -142,14 +142,14 @@ def run_doctor(overrides: dict[str, Any]) -> int:
 
     device = settings.device if settings.device != "auto" else ("cuda" if cuda else "cpu")
     lines.append(f"would run on: {device}, quantization {quantization}")
-    lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
-    lines.append(f"workspace memory: {memory_root()}")
+    folder_lines: list[str] = []
+    folder_hints: list[str] = []
+    folder_adapter = _workspace_config(folder_lines, folder_hints)  # the adapter's hint depends on it
     where, present = _where(settings.model)
     lines.append(f"model {settings.model}: {where}")
     if not present:
         hints.append(_fetch_hint("model", settings.model, "pass a local directory with --model"))
         _unless_downloaded(fatal, "the model", settings.model, offline)
-    folder_adapter = _workspace_config(lines, hints)
     if settings.adapter.lower() == "none":
         lines.append("adapter: none (a fresh, untrained δ-mem)")
     else:
@@ -163,6 +163,10 @@ def run_doctor(overrides: dict[str, Any]) -> int:
         elif not present:
             hints.append(_fetch_hint("adapter", settings.adapter, "pass a directory with --adapter, or --adapter none"))
             _unless_downloaded(fatal, "the adapter", settings.adapter, offline)
+    lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
+    lines.append(f"workspace memory: {memory_root()}")
+    lines.extend(folder_lines)
+    hints.extend(folder_hints)
     print("\n".join(lines))
     if hints:
         print("\nhints:\n" + "\n".join(f"- {hint}" for hint in hints))
