@@ -322,11 +322,11 @@ def timed_generation(engine: Engine, prompt: torch.Tensor, new_tokens: int) -> t
         token = out.logits[:, -1:].argmax(-1)
         sync()
         first = time.perf_counter() - start
-        cache = out.past_key_values
+        cache = out.cache
         start = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = engine.model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = engine.model(input_ids=token, cache=cache, use_cache=True)
+            cache = out.cache
             token = out.logits[:, -1:].argmax(-1)
         sync()
         rate = (new_tokens - 1) / (time.perf_counter() - start)

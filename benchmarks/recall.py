@@ -34,7 +34,7 @@ The run, all in one process unless said otherwise:
    reloaded in a fresh Python process and evaluated again; the controls zero state and
    another episode's state, which must stay at chance.
 
-Re-run (about 10 minutes on a 2-core CPU; ``--quick`` is a smoke run of a few seconds
+Re-run (about 10 minutes on a 2-core CPU; ``--quick`` is a smoke run of about a minute
 whose numbers mean nothing):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/recall.py [--seed 0] [--threads 1] [--jobs N] [--out DIR]
@@ -918,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="torch threads per process (default 1: when another process holds a core, 2 threads run "
         "10-40x slower; 1 thread never does). The backbone, trained before any variant, uses threads x jobs",
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds; its numbers mean nothing")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute; its numbers mean nothing")
     parser.add_argument("--out", type=Path, help="also write the table as recall.md and everything as recall.json here")
     parser.add_argument(
         "--jobs", type=int, default=max(1, min(len(VARIANTS), (os.cpu_count() or 1))),

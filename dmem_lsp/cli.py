@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -53,10 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reset-memory", action="store_true", help="clear the workspace's memory (all stores, or --store) and exit"
     )
-    parser.add_argument("--workspace", metavar="PATH", default=".", help="the workspace folder (default: the current directory)")
+    parser.add_argument(
+        "--workspace", metavar="PATH",
+        help="the workspace folder (default: the one an editor opens here: the nearest folder up with .dmem, .git, .hg or .svn)",
+    )
     parser.add_argument("--store", choices=STORES, help="only this store (with --reset-memory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("doctor", help="print versions, CUDA and bitsandbytes status, and where things are kept")
+    download = commands.add_parser(
+        "download",
+        help="download the model and the adapter into the Hugging Face cache, so the server starts offline",
+        description="With no flags: the default (or given) model and adapter, and the hub adapter this "
+        "repository's .dmem/config.toml names. With --model or --adapter: only those.",
+    )
+    download.add_argument("--model", dest="download_model", metavar="ID", help=f"a Hugging Face model id (default {DEFAULT_MODEL})")
+    download.add_argument("--adapter", dest="download_adapter", metavar="ID", help=f"a δ-mem adapter id (default {DEFAULT_ADAPTER})")
+    download.add_argument("--revision", dest="download_revision", metavar="REV", help="the adapter's tag, branch or commit")
     memory = commands.add_parser("memory", help="inspect and move workspace memory").add_subparsers(
         dest="memory_command", metavar="ACTION", required=True
     )
@@ -81,6 +94,12 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in flags.items() if value is not None}
 
 
+QUIET_LOGGERS = ("bitsandbytes", "py.warnings")
+"""Heard only with -v: libraries' notices (bitsandbytes' optional CPU kernels) and Python's
+warnings (FutureWarning, DeprecationWarning from libraries). Editors show everything the
+server writes to stderr as an error."""
+
+
 def configure_logging(verbose: int, log_file: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
@@ -89,6 +108,49 @@ def configure_logging(verbose: int, log_file: str | None) -> None:
     logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose < 2:  # pygls logs every message it sends at INFO
         logging.getLogger("pygls").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn goes to the "py.warnings" logger
+    if verbose == 0:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    # transformers logs through a stderr handler of its own, set from this when it is imported
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if verbose == 0 else "warning")
+
+
+def quiet_progress_bars() -> None:
+    """No library progress bars (``Loading weights: 0%…``) from the server: its progress goes
+    to the editor as LSP work-done progress, and stderr is the editor's error log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+TERMINAL_BANNER = """\
+dmem-lsp {version}: a language server. Editors start it and talk to it over stdin/stdout,
+so in a terminal it waits for an editor's messages and prints nothing more.
+  Neovim 0.11+:  vim.opt.runtimepath:append('{root}/editors/neovim') and vim.lsp.enable('dmem')
+  VS Code:       install the extension built from {root}/editors/vscode (README, "VS Code")
+  Try it here:   dmem-lsp doctor      what it would load, and whether it would start
+                 dmem-lsp download    get the model and adapter ahead of time
+Ctrl-C ends it."""
+
+
+def explain_in_a_terminal(tcp: bool) -> None:
+    """When a person runs the server in a terminal: say what it is, and let Ctrl-C end it at once.
+
+    (An editor's pipes are not a terminal: then nothing changes.) pygls reads stdin on a
+    thread, so a KeyboardInterrupt would wait for that read to end; with nothing to save
+    (an editor would have sent its messages), the process simply exits.
+    """
+    if not sys.stdin.isatty():
+        return
+    signal.signal(signal.SIGINT, _stop_at_once)
+    if not tcp:
+        checkout = Path(__file__).resolve().parent.parent
+        root = str(checkout) if (checkout / "editors").is_dir() else "/path/to/dmem-lsp"  # a clone, or installed
+        print(TERMINAL_BANNER.format(version=__version__, root=root), file=sys.stderr, flush=True)
+
+
+def _stop_at_once(signum: int, frame: Any) -> None:
+    os.write(2, b"\ndmem-lsp: stopped\n")  # not sys.stderr: its lock may be held by another thread
+    os._exit(130)
 
 
 def _private(path: str) -> str:
@@ -109,12 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(overrides_from(args))
+    if args.command == "download":
+        from .download import run_download
+
+        return run_download(overrides_from(args), args.download_model, args.download_adapter, args.download_revision)
     if args.command == "adapter":
         return adapter_cli.run(args)
     if args.reset_memory or args.command == "memory":
         from . import memory_cli
 
-        workspace = Path(getattr(args, "memory_workspace", None) or args.workspace)
+        from .roots import workspace_root
+
+        given = getattr(args, "memory_workspace", None) or args.workspace
+        workspace = Path(given) if given else workspace_root(Path.cwd())
         if args.reset_memory:
             return memory_cli.reset_memory(workspace, args.store)
         if args.memory_command == "status":
@@ -122,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory_command == "export":
             return memory_cli.export_store(workspace, args.export_store, Path(args.output))
         return memory_cli.import_store(workspace, Path(args.file))
+    quiet_progress_bars()
+    explain_in_a_terminal(args.tcp)
     from .features import create_server
 
     server = create_server(overrides_from(args))

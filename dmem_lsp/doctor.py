@@ -2,9 +2,10 @@
 
 Prints versions, whether torch sees CUDA and whether bitsandbytes can run NF4 there,
 where the model and adapter would be loaded from (without downloading anything), and
-where workspace memory is kept, the ``.dmem/config.toml`` of the current directory (or
-the nearest folder above it), followed by hints for what looks wrong. Writes to
-stdout; it is a terminal command, not the server.
+where workspace memory is kept, the ``.dmem/config.toml`` of the workspace folder an
+editor opens here (the nearest folder up with a root marker, ``roots.py``), followed by
+hints for what looks wrong. Writes to stdout; it is a terminal command, not the server.
+Exits 0 when the server would start (load its model) as things are, 1 when it would not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .download import download_command
+from .roots import workspace_root
 from .settings import parse_settings, torch_threads
 from .store import memory_root
 
@@ -45,30 +48,46 @@ def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         at = f" at {revision}" if revision else ""
-        return f"Hugging Face id {name}{at}: not in the cache ({HF_HUB_CACHE}); it downloads on first start", False
+        then = "HF_HUB_OFFLINE=1: it cannot be downloaded" if os.environ.get("HF_HUB_OFFLINE") == "1" else "it downloads on first start"
+        return f"Hugging Face id {name}{at}: not in the cache ({HF_HUB_CACHE}); {then}", False
 
 
-def _workspace_config(lines: list[str], hints: list[str]) -> None:
-    """The ``.dmem/config.toml`` of the current directory or the nearest folder above it."""
+def _fetch_hint(what: str, name: str, flag: str, revision: str | None = None) -> str:
+    """What to do about ``name`` that is not here: a missing directory, or a hub id not in the cache."""
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        return f"the {what} directory {name} {'is not a directory' if path.exists() else 'does not exist'}: {flag}"
+    fetch = download_command(**({"model": name} if what == "model" else {"adapter": name, "revision": revision}))
+    return f"the {what} {name} is not in the Hugging Face cache: run `{fetch}` with network access, or {flag}"
+
+
+def _workspace_config(lines: list[str], hints: list[str]) -> bool:
+    """The ``.dmem/config.toml`` of the workspace folder here; True when it names an adapter that is here."""
     from .workspace_config import CONFIG_PATH, WorkspaceConfigError, read_workspace_config
 
-    here = Path.cwd()
-    root = next((folder for folder in (here, *here.parents) if (folder / CONFIG_PATH).is_file()), None)
-    if root is None:
-        lines.append(f"workspace config: none ({CONFIG_PATH} in {here} or above)")
-        return
+    root = workspace_root(Path.cwd())
+    lines.append(f"workspace folder: {root} (as an editor opens it here)")
+    if not (root / CONFIG_PATH).is_file():
+        lines.append(f"workspace config: none ({root / CONFIG_PATH})")
+        return False
     try:
         config, warnings = read_workspace_config(root)
     except WorkspaceConfigError as error:
         lines.append(f"workspace config {root / CONFIG_PATH}: unusable")
         hints.append(f"{error}; until it is fixed that folder gets no memory")
-        return
+        return False
     lines.append(f"workspace config {config.path}")
+    present = False
     if config.adapter is not None:
         where, present = _where(config.adapter.name, config.adapter.revision)
         lines.append(f"  adapter {config.adapter}: {where}")
         if not present:
-            hints.append(f"the adapter {config.path} names is not available offline: start once with network access")
+            fix = f"fix [adapter] in {config.path}"
+            hints.append(
+                f"{config.path} names an adapter that is not here: "
+                + _fetch_hint("adapter", config.adapter.name, fix, config.adapter.revision)
+                + "; until then that folder gets no memory"
+            )
     for name, value in (("memory", config.memory), ("stores", config.stores)):
         if value:
             lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
@@ -76,6 +95,7 @@ def _workspace_config(lines: list[str], hints: list[str]) -> None:
         if value:
             lines.append(f"  policy {name}: " + ", ".join(value))
     hints.extend(warnings)
+    return present
 
 
 def _torch_default_threads() -> str:
@@ -93,6 +113,9 @@ def run_doctor(overrides: dict[str, Any]) -> int:
     for distribution in ("torch", "transformers", "bitsandbytes", "pygls", "lsprotocol", "huggingface_hub"):
         lines.append(f"{distribution} {_version(distribution)}")
     hints: list[str] = []
+    fatal: list[str] = []
+    """Why the server would not start (a subset of the hints' reasons)."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
 
     cuda = False
     try:
@@ -106,10 +129,13 @@ def run_doctor(overrides: dict[str, Any]) -> int:
             lines.append(f"CUDA: no (torch build: {torch.version.cuda or 'CPU only'})")
             if settings.device == "cuda":
                 hints.append("--device cuda is set but torch sees no GPU: install a CUDA build of torch, or use --device cpu")
+                fatal.append("no CUDA device")
     except Exception as error:
         lines.append(f"torch: cannot be imported ({error})")
-        hints.append("reinstall torch: see README, 'Install'")
+        hints.append("reinstall torch: see README, 'GPU'")
+        fatal.append("torch cannot be imported")
 
+    quantization = settings.quantization if settings.quantization != "auto" else ("nf4" if cuda else "none")
     try:
         import bitsandbytes.cextension as cextension
 
@@ -120,27 +146,50 @@ def run_doctor(overrides: dict[str, Any]) -> int:
     except Exception as error:
         lines.append(f"bitsandbytes: cannot be imported ({error})")
         hints.append("NF4 needs bitsandbytes: pip install bitsandbytes, or use --quantization none")
+        if quantization == "nf4":
+            fatal.append("NF4 without bitsandbytes")
 
-    quantization = settings.quantization if settings.quantization != "auto" else ("nf4" if cuda else "none")
     device = settings.device if settings.device != "auto" else ("cuda" if cuda else "cpu")
     lines.append(f"would run on: {device}, quantization {quantization}")
     threads, why = torch_threads(settings.threads)
     lines.append(f"CPU threads: {threads} ({why}; torch's default here {_torch_default_threads()})")
+    folder_lines: list[str] = []
+    folder_hints: list[str] = []
+    folder_adapter = _workspace_config(folder_lines, folder_hints)  # the adapter's hint depends on it
     where, present = _where(settings.model)
     lines.append(f"model {settings.model}: {where}")
     if not present:
-        hints.append("the model is not available offline: pass a local directory with --model, or start once with network access")
+        hints.append(_fetch_hint("model", settings.model, "pass a local directory with --model"))
+        _unless_downloaded(fatal, "the model", settings.model, offline)
     if settings.adapter.lower() == "none":
         lines.append("adapter: none (a fresh, untrained δ-mem)")
     else:
         where, present = _where(settings.adapter)
         lines.append(f"adapter {settings.adapter}: {where}")
-        if not present:
-            hints.append("the adapter is not available offline: pass a directory with --adapter, or --adapter none")
+        if not present and folder_adapter:  # the server attaches the folder's adapter; other folders need this one
+            hints.append(
+                f"folders without an adapter of their own use {settings.adapter}, which is not here: "
+                + _fetch_hint("adapter", settings.adapter, "pass a directory with --adapter")
+            )
+        elif not present:
+            hints.append(_fetch_hint("adapter", settings.adapter, "pass a directory with --adapter, or --adapter none"))
+            _unless_downloaded(fatal, "the adapter", settings.adapter, offline)
     lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
     lines.append(f"workspace memory: {memory_root()}")
-    _workspace_config(lines, hints)
+    lines.extend(folder_lines)
+    hints.extend(folder_hints)
     print("\n".join(lines))
     if hints:
         print("\nhints:\n" + "\n".join(f"- {hint}" for hint in hints))
+    if fatal:
+        print(f"\nthe server would not start: {'; '.join(fatal)}")
+        return 1
+    print("\nthe server would start")
     return 0
+
+
+def _unless_downloaded(fatal: list[str], what: str, name: str, offline: bool) -> None:
+    """A missing directory always stops the server; a hub id not in the cache only offline
+    (with network access the server downloads it on its first start)."""
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or offline:
+        fatal.append(f"{what} {name} is not here" + (" (HF_HUB_OFFLINE=1)" if offline else ""))

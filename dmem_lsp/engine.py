@@ -99,15 +99,19 @@ def _resolve_local(name: str, what: str, flag: str, revision: str | None = None)
         )
     from huggingface_hub import snapshot_download
 
+    from .download import download_command
+
     try:
         return snapshot_download(name, revision=revision)
     except Exception as error:  # offline, not found, no permission: the same advice
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         at = f" at revision {revision!r}" if revision else ""
+        fetch = download_command(**({"model": name} if what == "model" else {"adapter": name, "revision": revision}))
         raise EngineError(
             f"cannot find the {what} {name!r}{at}"
             + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
-            + f": pass a local directory with {flag} PATH, or download it once with network access. ({error})"
+            + f": pass a local directory with {flag} PATH, or download it ahead of time with network access: "
+            f"`{fetch}`. ({error})"
         ) from error
 
 
@@ -323,17 +327,18 @@ class Engine:
         Stops at the end-of-sequence token, at the first stop string (cut off), after
         ``max_new_tokens``, or when ``should_stop()`` turns true (``cancelled``).
         """
+        from transformers import DynamicCache  # imported by load() already
+
         eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
         produced: list[int] = []
         text = ""
         with torch.inference_mode():
             ids = torch.tensor([list(input_ids)], device=self.device)
-            cache = None
+            cache = DynamicCache(config=self.model.config)  # the KV cache, grown in place by every step
             for _ in range(max_new_tokens):
                 if should_stop():
                     return Generation(text, produced, cancelled=True)
-                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = self.model(input_ids=ids, cache=cache, use_cache=True)
                 token = int(out.logits[0, -1].argmax())
                 if token in eos:
                     break

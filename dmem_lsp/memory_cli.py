@@ -4,6 +4,9 @@ These work whether or not a server is running. Without one, the command takes th
 folder's lock and changes the files itself. With one (the lock is held), it leaves a
 request in the memory's ``requests/`` folder; the server carries it out at once (it
 watches that folder), writes the outcome next to it, and the command prints it.
+
+States are read and written as numpy arrays (safetensors' numpy API): these commands never
+import torch, so they answer in well under a second.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .store import Saved, StoreError, WorkspaceStore, record_import, record_reset, state_sha256
 
@@ -56,7 +61,7 @@ def reset_memory(workspace: Path, store: str | None) -> int:
             print(f"{files.root}: memory is empty already")
             return 0
         files.clean_temporary_files()
-        saved = files.read_saved()
+        saved = files.read_saved(numpy=True)
         states = saved.states
         stores = [store] if store else list(states)
         unknown = sorted(set(stores) - set(states))
@@ -65,10 +70,8 @@ def reset_memory(workspace: Path, store: str | None) -> int:
             return 2
         manifest, _ = files.read_manifest()
         manifest.update(tokens=saved.tokens, sources=saved.sources)  # the state file says what memory holds
-        import torch
-
         for name in stores:
-            states[name] = torch.zeros_like(states[name])
+            states[name] = np.zeros_like(states[name])
         record_reset(manifest, stores, "dmem-lsp --reset-memory")
         files.save_states(states, saved.fingerprint, manifest["tokens"], manifest["sources"])
         files.write_manifest(manifest)
@@ -95,7 +98,7 @@ def memory_status(workspace: Path) -> int:
     states = {}
     if files.state_path.exists():
         try:
-            saved = files.read_saved()
+            saved = files.read_saved(numpy=True)
             states = saved.states
             manifest.update(tokens=saved.tokens)
         except StoreError as error:
@@ -123,7 +126,7 @@ def export_store(workspace: Path, store: str, output: Path) -> int:
     if not files.state_path.exists():
         return _no_memory(files)
     try:
-        saved = files.read_saved()
+        saved = files.read_saved(numpy=True)
     except StoreError as error:
         print(error, file=sys.stderr)
         return 1
@@ -141,7 +144,7 @@ def import_store(workspace: Path, snapshot: Path) -> int:
 
     files = WorkspaceStore(workspace)
     try:
-        store, tensor, theirs, tokens = read_snapshot(snapshot)
+        store, tensor, theirs, tokens = read_snapshot(snapshot, numpy=True)
     except StoreError as error:
         print(error, file=sys.stderr)
         return 1
@@ -150,11 +153,9 @@ def import_store(workspace: Path, snapshot: Path) -> int:
     try:
         files.clean_temporary_files()
         if files.state_path.exists():
-            saved = files.read_saved()
+            saved = files.read_saved(numpy=True)
         else:
-            import torch
-
-            saved = Saved({name: torch.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs)
+            saved = Saved({name: np.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs)
         states, mine = saved.states, saved.fingerprint
         check_fingerprint(snapshot, theirs, mine, "this memory")
         if store not in states or states[store].shape != tensor.shape:

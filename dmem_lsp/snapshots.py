@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .store import StoreError, _atomic_write, _metadata, checksum, verify
+from .store import StoreError, _as_float32, _atomic_write, _loader, _metadata, _serialize, checksum, verify
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 
@@ -23,18 +23,18 @@ KIND = "dmem-lsp store snapshot"
 
 
 def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: dict[str, Any], tokens: int) -> None:
-    from safetensors.torch import save
-
     metadata = {"kind": KIND, "store": store, "tokens": str(int(tokens)), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
-    tensors = {"state": tensor.detach().cpu().contiguous().float()}
+    tensors = _as_float32({"state": tensor})
     metadata["checksum"] = checksum(tensors, metadata)
-    _atomic_write(Path(path), save(tensors, metadata=metadata))
+    _atomic_write(Path(path), _serialize(tensors, metadata))
 
 
-def read_snapshot(path: Path) -> tuple[str, Any, dict[str, Any], int]:
-    """(store, state, fingerprint, tokens); StoreError when it is not a snapshot."""
+def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, dict[str, Any], int]:
+    """(store, state, fingerprint, tokens); StoreError when it is not a snapshot.
+    ``numpy``: the state as a numpy array, without importing torch."""
     from safetensors import SafetensorError
-    from safetensors.torch import load
+
+    load = _loader(numpy)
 
     try:
         data = Path(path).read_bytes()

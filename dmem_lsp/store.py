@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,8 +75,9 @@ def now() -> str:
 
 
 def state_sha256(tensor: Any) -> str:
-    """The sha256 of a state's float32 bytes (what ``memory status`` and tests compare)."""
-    return hashlib.sha256(tensor.contiguous().float().numpy().tobytes()).hexdigest()
+    """The sha256 of a state's float32 bytes (what ``memory status`` and tests compare); a torch
+    tensor or a numpy array (the terminal commands read states without torch)."""
+    return hashlib.sha256(_float32(tensor).tobytes()).hexdigest()
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
@@ -88,9 +90,10 @@ def checksum(tensors: dict[str, Any], metadata: dict[str, str]) -> str:
     digest = hashlib.sha256(b"dmem-lsp checksum 1\n")
     digest.update(json.dumps({k: v for k, v in metadata.items() if k != "checksum"}, sort_keys=True).encode())
     for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
-        digest.update(tensor.numpy().tobytes())
+        tensor = tensors[name]
+        dtype = str(tensor.dtype).removeprefix("torch.")  # the same name from torch and numpy
+        digest.update(json.dumps([name, dtype, list(tensor.shape)]).encode())
+        digest.update(_float32(tensor).tobytes())
     return digest.hexdigest()
 
 
@@ -108,18 +111,27 @@ def verify(tensors: dict[str, Any], metadata: dict[str, str], what: Path) -> Non
 
 
 def finite(tensors: dict[str, Any], what: Path) -> None:
-    import torch
+    import numpy as np
 
-    bad = [name for name, tensor in sorted(tensors.items()) if not bool(torch.isfinite(tensor).all())]
+    bad = [name for name, tensor in sorted(tensors.items()) if not bool(np.isfinite(_float32(tensor)).all())]
     if bad:
         raise StoreError(f"{what} holds NaN or Inf values in {', '.join(bad)}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from memory.adapter_io import _atomic_write as write  # temp file 0600, fsync, rename
-
+    """Write through a temporary file (0600) in the same directory, fsync, then rename (as
+    ``memory.adapter_io`` does; not imported from there, which would import torch)."""
     private_dirs(path.parent)
-    write(path, data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def private_dirs(path: Path) -> None:
@@ -250,10 +262,12 @@ class WorkspaceStore:
         manifest["audit"] = manifest["audit"][-AUDIT_LIMIT:]
         _atomic_write(self.manifest_path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
-    def read_saved(self, path: Path | None = None) -> Saved:
-        """What the state file holds, verified; StoreError naming what failed."""
+    def read_saved(self, path: Path | None = None, numpy: bool = False) -> Saved:
+        """What the state file holds, verified; StoreError naming what failed.
+        ``numpy``: numpy arrays instead of torch tensors, without importing torch."""
         from safetensors import SafetensorError
-        from safetensors.torch import load
+
+        load = _loader(numpy)
 
         path = path or self.state_path
         try:
@@ -278,9 +292,9 @@ class WorkspaceStore:
             raise StoreError(f"{path} has token counts or sources of the wrong type")
         return Saved(tensors, fingerprint, tokens, sources, version)
 
-    def read_states(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def read_states(self, numpy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """(states, fingerprint) from the state file; StoreError when it cannot be read."""
-        saved = self.read_saved()
+        saved = self.read_saved(numpy=numpy)
         return saved.states, saved.fingerprint
 
     def open_states(self, fingerprint: dict[str, Any], move_aside: bool = True) -> tuple[Saved | None, list[str]]:
@@ -352,9 +366,7 @@ class WorkspaceStore:
     def save_states(
         self, states: dict[str, Any], fingerprint: dict[str, Any], tokens: dict[str, int], sources: dict[str, str] | None = None
     ) -> None:
-        from safetensors.torch import save
-
-        tensors = {name: tensor.detach().cpu().contiguous().float() for name, tensor in states.items()}
+        tensors = _as_float32(states)
         metadata = {
             "format_version": str(FORMAT_VERSION),
             "fingerprint": json.dumps(fingerprint, sort_keys=True),
@@ -362,7 +374,7 @@ class WorkspaceStore:
             "sources": json.dumps(dict(sources or {}), sort_keys=True),
         }
         metadata["checksum"] = checksum(tensors, metadata)
-        _atomic_write(self.state_path, save(tensors, metadata=metadata))
+        _atomic_write(self.state_path, _serialize(tensors, metadata))
 
     # -- requests from a terminal ---------------------------------------------------------
 
@@ -432,3 +444,43 @@ def _metadata(data: bytes) -> dict[str, str]:
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
     return header.get("__metadata__") or {}
+
+
+def _float32(tensor: Any) -> Any:
+    """A contiguous float32 numpy array of a torch tensor or a numpy array."""
+    import numpy as np
+
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+    return tensor.detach().cpu().contiguous().float().numpy()
+
+
+def _as_float32(tensors: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` as contiguous float32, torch tensors staying torch and numpy arrays numpy."""
+    import numpy as np
+
+    return {
+        name: _float32(t) if isinstance(t, np.ndarray) else t.detach().cpu().contiguous().float()
+        for name, t in tensors.items()
+    }
+
+
+def _loader(numpy: bool):
+    if numpy:
+        from safetensors.numpy import load
+    else:
+        from safetensors.torch import load
+    return load
+
+
+def _serialize(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes of float32 ``tensors`` (torch tensors, or numpy arrays without importing torch)."""
+    import numpy as np
+
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+        from safetensors.numpy import save
+
+        return save({name: _float32(t) for name, t in tensors.items()}, metadata=metadata)
+    from safetensors.torch import save
+
+    return save(_as_float32(tensors), metadata=metadata)

@@ -60,7 +60,7 @@ def test_doctor_shows_the_workspace_config(tmp_path):
     assert f"workspace config {config}" in shown and "adapter acme/adapter@v2: Hugging Face id acme/adapter at v2: not in the cache" in shown
     assert "stores: edits=False" in shown
     hints = shown.split("hints:")[1]
-    assert "not available offline" in hints and "enabled expected true or false" in hints
+    assert "dmem-lsp download --adapter acme/adapter --revision v2" in hints and "enabled expected true or false" in hints
     config.write_text('[adapter]\npath = "../../elsewhere"\n')
     shown = run("--adapter", "none", "doctor", env=env, cwd=project).stdout
     assert "unusable" in shown and "leads outside the repository" in shown.split("hints:")[1]

@@ -89,11 +89,11 @@ def test_token_by_token_writes_with_the_kv_cache_equal_one_write(model_dirs):
         at_once = mem.states()["debug"]
         mem.reset()
         out = model(input_ids=ids[:, :6], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        pieces, cache = [out.logits], out.cache
         for t in range(6, 16):
-            out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
             pieces.append(out.logits)
-            cache = out.past_key_values
+            cache = out.cache
     assert torch.allclose(mem.states()["debug"], at_once, atol=1e-5)
     assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-4)
 

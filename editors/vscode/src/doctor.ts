@@ -18,7 +18,8 @@ export function runDoctor(output: vscode.OutputChannel): Promise<void> {
     execFile(serverCommand(serverPath), args, { timeout: TIMEOUT_MS, maxBuffer: 1 << 20 }, (error, stdout, stderr) => {
       output.append(stdout);
       output.append(stderr);
-      if (error) {
+      // exit code 1 with a report: the server would not start, and the report says why
+      if (error && !(error.code === 1 && stdout)) {
         const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
         output.appendLine(
           missing
