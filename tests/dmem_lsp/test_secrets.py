@@ -138,7 +138,7 @@ def test_starting_the_server_does_not_import_detect_secrets():
 def test_the_benchmark_prints_every_secret_refused():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "secrets.py")], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
+        [sys.executable, str(ROOT / "benchmarks" / "secret_policy.py")], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
     total = len(PLANTS)

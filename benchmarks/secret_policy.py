@@ -7,7 +7,7 @@ A secret counts as refused when it is not in what would be written: the text was
 the secret was redacted. Also printed: innocent look-alikes written whole, and the scan's
 speed over a file at the default size cap.
 
-    .venv/bin/python benchmarks/secrets.py [--seed 0] [--values 3]
+    .venv/bin/python benchmarks/secret_policy.py [--seed 0] [--values 3]
 """
 
 from __future__ import annotations
