@@ -109,11 +109,12 @@ def test_serves_over_tcp(tmp_path):
             server.kill()
 
 
-def test_doctor_shows_the_cpu_threads(tmp_path):
+def test_doctor_shows_the_cpu_threads(tmp_path, model_dirs):
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     env.update(XDG_DATA_HOME=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
-    chosen = run("--adapter", "none", "--threads", "3", "doctor", env=env, cwd=tmp_path)
-    assert chosen.returncode == 0, chosen.stderr
+    model = ("--model", str(model_dirs["qwen3"]), "--adapter", "none")
+    chosen = run(*model, "--threads", "3", "doctor", env=env, cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
     assert "CPU threads: 3 (set; torch's default here" in chosen.stdout
-    auto = run("--adapter", "none", "doctor", env={**env, "OMP_NUM_THREADS": "2"}, cwd=tmp_path).stdout
+    auto = run(*model, "doctor", env={**env, "OMP_NUM_THREADS": "2"}, cwd=tmp_path).stdout
     assert "CPU threads: 2 (auto: OMP_NUM_THREADS; torch's default here 2)" in auto
