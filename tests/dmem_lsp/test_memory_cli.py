@@ -52,7 +52,7 @@ def project(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     states = {store: rng.standard_normal(SHAPE).astype(np.float32) for store in FINGERPRINT["config"]["stores"]}
     files.save_states(states, FINGERPRINT, {"conventions": 10, "debug": 20, "edits": 30})
-    manifest = files.read_manifest()
+    manifest, _ = files.read_manifest()
     manifest.update(FINGERPRINT, tokens={"conventions": 10, "debug": 20, "edits": 30})
     files.write_manifest(manifest)
     files.release()
