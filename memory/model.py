@@ -18,6 +18,12 @@ By default every store is one state and the rows of a batch share it (a batch is
 as its rows one after another). ``reset(rows=B)`` gives every store B independent states
 instead, one per batch row: many episodes written and read in one forward each, which is
 how training goes faster. ``select_rows`` then picks a state per row of the next reads.
+
+Who runs when, in one model forward: a pre-hook on the model keeps its ``attention_mask``
+(the [B, T] padding mask: the attention blocks themselves receive the model's 4-D causal
+mask, or none) for the write passes, and its forward hook lets it go. In between, each
+attention block runs its ``MemoryBlock`` (``memory.block``): q_proj's wrapper reads or
+writes this block's state and hands o_proj's correction to o_proj's wrapper.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from .block import MemoryBlock
 from .config import DeltaMemConfig
 from .delta_rule import delta_rule_chunked, delta_rule_step
 from .layer import DeltaMemLayer, base_weight
@@ -101,18 +108,14 @@ class Memory:
         self.model = model
         self.config = config
         self.layers = layers
-        self._blocks = blocks
         self._pass: _WritePass | None = None
         self._attention_mask: torch.Tensor | None = None
-        self._pending_o: dict[int, torch.Tensor | None] = {}
+        """The [B, T] padding mask of the model forward running now (see the module docstring)."""
         self._states: dict[str, list[torch.Tensor]] = {}
         self._nonzero: set[str] = set()
         self._rows: int | None = None
         self.reset()
-        for block, layer in zip(blocks, layers):
-            block.delta_mem = layer
-            block.q_proj = MemoryLinear(block.q_proj, lambda x, layer=layer: self._q_correction(layer, x))
-            block.o_proj = MemoryLinear(block.o_proj, lambda x, layer=layer: self._o_correction(layer))
+        self._blocks = [MemoryBlock(block, layer, self._reads) for block, layer in zip(blocks, layers)]
         self._hooks = [
             model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
             model.register_forward_hook(self._release_mask),
@@ -218,7 +221,7 @@ class Memory:
             yield self
         finally:
             self._pass = None
-            self._pending_o.clear()
+            self._clear_pending()
 
     # ------------------------------------------------------------- adapter
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -258,9 +261,7 @@ class Memory:
     def detach(self) -> None:
         """Remove δ-mem from the model, restoring the original projections."""
         for block in self._blocks:
-            block.q_proj = block.q_proj.base_layer
-            block.o_proj = block.o_proj.base_layer
-            del block.delta_mem
+            block.detach()
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -272,7 +273,11 @@ class Memory:
 
     def _release_mask(self, module: nn.Module, args: tuple, output: object) -> None:
         self._attention_mask = None
-        self._pending_o.clear()
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        for block in self._blocks:
+            block.clear()
 
     def _written(self, B: int, T: int, device: torch.device) -> torch.Tensor | None:
         """[B, T] bool: which tokens of this forward are written (None: all of them)."""
@@ -303,30 +308,14 @@ class Memory:
         self._check_rows(q.shape[0])
         return torch.einsum("bhij,bthj->bthi", S, q)
 
-    def _q_correction(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
-        if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
-            # bf16 autocast (training on CUDA) must not reach the state: memory runs in float32,
-            # and the wrapper casts the corrections to the model's dtype as it always does.
-            with torch.autocast(x.device.type, enabled=False):
-                return self._corrections(layer, x)
-        return self._corrections(layer, x)
-
-    def _corrections(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+    def _reads(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+        """What this forward does with ``layer``'s input x [B, T, H]: the reads o [B, T, h, r]
+        of a read-only pass, or of a write pass (which updates the store); None: all zero."""
         if self._pass is None:
-            o = self._read(self.stores, layer.index, layer.project_read(x)) if self._nonzero else None
-        elif self.config.write == "token":
-            o = self._write_tokens(layer, x)
-        else:
-            o = self._write_segments(layer, x)
-        if o is None:
-            self._pending_o[layer.index] = None
-            return None
-        delta_q, delta_o = layer.corrections(o)
-        self._pending_o[layer.index] = delta_o
-        return delta_q
-
-    def _o_correction(self, layer: DeltaMemLayer) -> torch.Tensor | None:
-        return self._pending_o.pop(layer.index, None)
+            return self._read(self.stores, layer.index, layer.project_read(x)) if self._nonzero else None
+        if self.config.write == "token":
+            return self._write_tokens(layer, x)
+        return self._write_segments(layer, x)
 
     def _write_tokens(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor:
         """TSW: the rows of the batch, one after another, each token reading before it writes."""
