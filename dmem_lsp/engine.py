@@ -20,6 +20,7 @@ import torch
 
 import memory
 
+from .fingerprint import Backbone, Fingerprint, make_fingerprint
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 from .workspace_config import AdapterSource
 
@@ -123,7 +124,7 @@ class LoadedAdapter:
     """Who named it; None: the adapter named by the settings (or a fresh one)."""
     tensors: dict[str, torch.Tensor]
     """On the model's device, named as ``Memory.adapter_state_dict``."""
-    fingerprint: dict
+    fingerprint: Fingerprint
     """What memory states written with it are bound to (``store`` checks it)."""
 
 
@@ -152,13 +153,14 @@ class Engine:
         self.refused: dict[tuple, str] = {}
         """Adapters that could not be loaded, and why (asked again, they are refused again)."""
         self._fresh: dict[str, torch.Tensor] | None = None
-        attached = LoadedAdapter(source, _clone(mem.adapter_state_dict()), _fingerprint(mem, model_id))
+        tensors = _clone(mem.adapter_state_dict())
+        attached = LoadedAdapter(source, tensors, _fingerprint(mem, model_id, tensors))
         self._adapters: dict[tuple | None, LoadedAdapter] = {_key(source): attached}
         self.active = attached
         """The adapter whose weights δ-mem holds now."""
 
     @property
-    def fingerprint(self) -> dict:
+    def fingerprint(self) -> Fingerprint:
         """What memory states written now are bound to: backbone, adapter sha256, config."""
         return self.active.fingerprint
 
@@ -200,7 +202,7 @@ class Engine:
         directory = _resolve_adapter(source)
         try:
             config, tensors, meta = memory.read_adapter(directory)
-            _check_backbone(source, meta, memory.adapter_io.shapes_of(tensors), self.memory, self.model_id)
+            _check_backbone(source, meta, tensors, self.model, self.model_id)
         except memory.AdapterError as error:
             raise EngineError(f"{error} (named by {source.origin})") from error
         ours, theirs = _comparable(self.memory.config), _comparable(config)
@@ -211,14 +213,17 @@ class Engine:
                 f"this server attached first: {differ}. Open this folder in its own editor window, or train "
                 "the adapter with the same configuration"
             )
+        problems = self.memory.adapter_problems(tensors)
+        if problems:
+            raise EngineError(
+                f"the adapter {source} (named by {source.origin}) does not fit {self.model_id}: " + "; ".join(problems)
+            )
         own = self.memory.adapter_state_dict()
-        if set(tensors) != set(own) or any(tuple(tensors[n].shape) != tuple(own[n].shape) for n in own):
-            raise EngineError(f"the adapter {source} (named by {source.origin}) does not fit {self.model_id}")
         tensors = {name: tensors[name].to(own[name].device, torch.float32) for name in own}
         return LoadedAdapter(source, tensors, self._fingerprint_of(tensors))
 
-    def _fingerprint_of(self, tensors: dict[str, torch.Tensor]) -> dict:
-        return {**_fingerprint(self.memory, self.model_id), "adapter_sha256": _tensors_sha256(tensors)}
+    def _fingerprint_of(self, tensors: dict[str, torch.Tensor]) -> Fingerprint:
+        return _fingerprint(self.memory, self.model_id, tensors)
 
     @classmethod
     def load(
@@ -352,11 +357,10 @@ class Engine:
         return Generation(text, produced, cancelled=False)
 
 
-def _fingerprint(mem: memory.Memory, model_id: str) -> dict:
-    config = mem.config.to_dict()
-    config.pop("chunk_size", None)  # how the scan is computed, not what it computes
-    backbone = {"id": model_id, "model_type": _model_type(mem.model), **memory.adapter_io.base_shapes(mem)}
-    return {"backbone": backbone, "adapter_sha256": _tensors_sha256(mem.adapter_state_dict()), "config": config}
+def _fingerprint(mem: memory.Memory, model_id: str, tensors: dict[str, torch.Tensor]) -> Fingerprint:
+    """The fingerprint of states written by ``mem`` holding the adapter weights ``tensors``."""
+    backbone = Backbone(id=model_id, model_type=_model_type(mem.model), **memory.adapter_io.base_shapes(mem))
+    return make_fingerprint(backbone, _tensors_sha256(tensors), mem.config.to_dict())
 
 
 def _model_type(model) -> str | None:
@@ -397,51 +401,17 @@ def _attach_named(model, source: AdapterSource, model_id: str) -> memory.Memory:
     """Attach δ-mem with the adapter ``source`` names, refusing one built for another backbone."""
     directory = _resolve_adapter(source)
     _config, tensors, meta = memory.read_adapter(directory)
-    _check_backbone(source, meta, memory.adapter_io.shapes_of(tensors), None, model_id, model)
+    _check_backbone(source, meta, tensors, model, model_id)
     return memory.load_adapter(model, directory)
 
 
-def _check_backbone(
-    source: AdapterSource, meta: dict, shapes: dict, mem: memory.Memory | None, model_id: str, model=None
-) -> None:
-    """Refuse an adapter built for another backbone, naming the adapter's backbone and ours.
-
-    Shapes decide (hidden size, layers, projection widths). Two different hub ids decide
-    too: same-shaped models (a base and an instruct model) still differ in their weights.
-    """
+def _check_backbone(source: AdapterSource, meta: dict, tensors: dict[str, torch.Tensor], model, model_id: str) -> None:
+    """``memory.adapter_io.check_backbone``, where two different hub ids also decide: same-shaped
+    models (a base and an instruct model) still differ in their weights."""
     base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else {}
-    theirs = base.get("id") or "an unnamed backbone"
-    if mem is not None:
-        ours = memory.adapter_io.base_shapes(mem)
-    else:
-        ours = _model_shapes(model)
-    differ = [f"{k}: adapter {shapes.get(k)}, model {v}" for k, v in ours.items() if shapes.get(k) != v]
-    model_type = _model_type(mem.model if mem is not None else model)
-    if base.get("model_type") and model_type and base["model_type"] != model_type:
-        differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
-    both_hub_ids = base.get("id") and not _looks_like_path(str(base["id"])) and not _looks_like_path(model_id)
-    if both_hub_ids and base["id"] != model_id:
-        differ.insert(0, "another model id")
-    if differ:
-        raise memory.AdapterError(
-            f"the adapter {source} was built for {theirs}, but this server runs {model_id} (" + "; ".join(differ) + ")"
-        )
-
-
-def _model_shapes(model) -> dict:
-    """``base_shapes`` of a model δ-mem is not attached to yet."""
-    blocks = [
-        m for m in model.modules()
-        if isinstance(getattr(m, "q_proj", None), torch.nn.Module) and isinstance(getattr(m, "o_proj", None), torch.nn.Module)
-    ]
-    if not blocks:
-        return {}
-    return {
-        "hidden_size": blocks[0].q_proj.in_features,
-        "num_layers": len(blocks),
-        "q_proj_out": blocks[0].q_proj.out_features,
-        "o_proj_out": blocks[0].o_proj.out_features,
-    }
+    theirs = str(base.get("id") or "")
+    another = bool(theirs) and not _looks_like_path(theirs) and not _looks_like_path(model_id) and theirs != model_id
+    memory.adapter_io.check_backbone(source, meta, model, tensors=tensors, model_id=model_id, another_model=another)
 
 
 def _check_bitsandbytes(device: torch.device) -> None:

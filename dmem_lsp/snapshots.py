@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .fingerprint import Fingerprint, describe
 from .store import StoreError, _as_float32, _atomic_write, _loader, _metadata, _serialize, checksum, verify
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
@@ -22,14 +23,14 @@ __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 KIND = "dmem-lsp store snapshot"
 
 
-def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: dict[str, Any], tokens: int) -> None:
+def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: Fingerprint, tokens: int) -> None:
     metadata = {"kind": KIND, "store": store, "tokens": str(int(tokens)), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
     tensors = _as_float32({"state": tensor})
     metadata["checksum"] = checksum(tensors, metadata)
     _atomic_write(Path(path), _serialize(tensors, metadata))
 
 
-def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, dict[str, Any], int]:
+def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, Fingerprint, int]:
     """(store, state, fingerprint, tokens); StoreError when it is not a snapshot.
     ``numpy``: the state as a numpy array, without importing torch."""
     from safetensors import SafetensorError
@@ -55,11 +56,10 @@ def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, dict[str, 
         raise StoreError(f"{path} cannot be imported: {error}") from error
 
 
-def check_fingerprint(snapshot: Path, theirs: dict[str, Any], mine: dict[str, Any], whose: str) -> None:
+def check_fingerprint(snapshot: Path, theirs: Fingerprint, mine: Fingerprint, whose: str) -> None:
     """StoreError unless the snapshot was made with the same backbone, adapter and config."""
     if theirs != mine:
         raise StoreError(
-            f"{snapshot} was made with another adapter or backbone ({theirs.get('backbone', {}).get('id')}, adapter "
-            f"{str(theirs.get('adapter_sha256'))[:12]}) than {whose} ({mine.get('backbone', {}).get('id')}, adapter "
-            f"{str(mine.get('adapter_sha256'))[:12]}); not imported"
+            f"{snapshot} was made with another adapter or backbone ({describe(theirs)}) than {whose} "
+            f"({describe(mine)}); not imported"
         )

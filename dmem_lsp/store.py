@@ -39,6 +39,8 @@ from typing import Any
 
 import platformdirs
 
+from .fingerprint import Fingerprint, describe, differences, fingerprint_id
+
 __all__ = [
     "AUDIT_LIMIT", "Saved", "StoreError", "checksum", "fingerprint_id", "record_import", "record_reset",
     "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
@@ -78,11 +80,6 @@ def state_sha256(tensor: Any) -> str:
     """The sha256 of a state's float32 bytes (what ``memory status`` and tests compare); a torch
     tensor or a numpy array (the terminal commands read states without torch)."""
     return hashlib.sha256(_float32(tensor).tobytes()).hexdigest()
-
-
-def fingerprint_id(fingerprint: dict[str, Any]) -> str:
-    """A short name for a fingerprint (where another adapter's state is kept)."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def checksum(tensors: dict[str, Any], metadata: dict[str, str]) -> str:
@@ -156,7 +153,7 @@ class Saved:
     """What a state file holds."""
 
     states: dict[str, Any]
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     tokens: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     """{convention file: sha256 of the text written}."""
@@ -292,12 +289,12 @@ class WorkspaceStore:
             raise StoreError(f"{path} has token counts or sources of the wrong type")
         return Saved(tensors, fingerprint, tokens, sources, version)
 
-    def read_states(self, numpy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    def read_states(self, numpy: bool = False) -> tuple[dict[str, Any], Fingerprint]:
         """(states, fingerprint) from the state file; StoreError when it cannot be read."""
         saved = self.read_saved(numpy=numpy)
         return saved.states, saved.fingerprint
 
-    def open_states(self, fingerprint: dict[str, Any], move_aside: bool = True) -> tuple[Saved | None, list[str]]:
+    def open_states(self, fingerprint: Fingerprint, move_aside: bool = True) -> tuple[Saved | None, list[str]]:
         """The state saved for ``fingerprint`` (None: none yet) and what happened on the way.
 
         A state made with another backbone, adapter or config is kept under ``adapters/`` (with
@@ -314,7 +311,7 @@ class WorkspaceStore:
                     return None, [f"{error}; left in place"]
                 notes.append(f"{error}; kept as {self.move_aside(self.state_path, 'corrupt').name}")
             else:
-                differ = _differ(saved, fingerprint)
+                differ = differences(saved.fingerprint, fingerprint, legacy=saved.version == "1")
                 if not differ:
                     return saved, notes
                 if not move_aside:
@@ -322,7 +319,7 @@ class WorkspaceStore:
                 kept = self._keep(saved.fingerprint)
                 notes.append(
                     f"the saved memory of {self.root} was made with another {', '.join(differ)} "
-                    f"({saved.fingerprint.get('backbone', {}).get('id')} / adapter {str(saved.fingerprint.get('adapter_sha256'))[:12]}); "
+                    f"({describe(saved.fingerprint)}); "
                     f"kept in {kept.relative_to(self.dir)} for when that adapter is used again"
                 )
         mine = self.kept_dir / fingerprint_id(fingerprint)
@@ -334,7 +331,7 @@ class WorkspaceStore:
             saved = self.read_saved(mine / self.state_path.name)
         except StoreError as error:
             return None, [*notes, f"the memory kept for this adapter is not usable: {error}; left in {mine.name}"]
-        if _differ(saved, fingerprint):
+        if differences(saved.fingerprint, fingerprint, legacy=saved.version == "1"):
             return None, notes
         for name in (self.manifest_path.name, self.state_path.name):  # the state last: it is what counts
             if (mine / name).exists():
@@ -343,7 +340,7 @@ class WorkspaceStore:
         notes.append(f"restored the memory of {self.root} kept for this adapter ({sum(saved.tokens.values())} tokens)")
         return saved, notes
 
-    def _keep(self, theirs: dict[str, Any]) -> Path:
+    def _keep(self, theirs: Fingerprint) -> Path:
         """Move the state (and manifest) of another fingerprint to ``adapters/<id>/``."""
         kept = self.kept_dir / fingerprint_id(theirs)
         private_dirs(kept)
@@ -355,7 +352,7 @@ class WorkspaceStore:
         return kept
 
     def load_states(
-        self, fingerprint: dict[str, Any], move_aside: bool = True
+        self, fingerprint: Fingerprint, move_aside: bool = True
     ) -> tuple[dict[str, Any] | None, str | None]:
         """(states, None); (None, None) when there are none yet; (None, what happened) otherwise."""
         saved, notes = self.open_states(fingerprint, move_aside)
@@ -364,7 +361,7 @@ class WorkspaceStore:
         return None, "; ".join(notes) or None
 
     def save_states(
-        self, states: dict[str, Any], fingerprint: dict[str, Any], tokens: dict[str, int], sources: dict[str, str] | None = None
+        self, states: dict[str, Any], fingerprint: Fingerprint, tokens: dict[str, int], sources: dict[str, str] | None = None
     ) -> None:
         tensors = _as_float32(states)
         metadata = {
@@ -387,19 +384,6 @@ class WorkspaceStore:
         if not self.requests_dir.is_dir():
             return []
         return sorted(self.requests_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-
-
-def _differ(saved: Saved, fingerprint: dict[str, Any]) -> list[str]:
-    """What of ``fingerprint`` the saved state was not made with (version 1 states name no model type)."""
-    theirs = saved.fingerprint
-    differ = []
-    for key in ("backbone", "adapter_sha256", "config"):
-        a, b = theirs.get(key), fingerprint.get(key)
-        if key == "backbone" and saved.version == "1" and isinstance(a, dict) and isinstance(b, dict) and "model_type" not in a:
-            b = {k: v for k, v in b.items() if k != "model_type"}
-        if a != b:
-            differ.append(key)
-    return differ
 
 
 def _str_dict(value: Any, kind: type) -> bool:

@@ -33,7 +33,7 @@ import torch.nn as nn
 import safetensors.torch
 
 from .config import DeltaMemConfig
-from .model import Memory, attach
+from .model import Memory, attach, attention_blocks
 
 __all__ = [
     "save_adapter",
@@ -42,6 +42,8 @@ __all__ = [
     "load_adapter",
     "read_adapter",
     "base_shapes",
+    "model_shapes",
+    "check_backbone",
     "AdapterError",
     "FORMAT_VERSION",
     "config_sha256",
@@ -78,6 +80,57 @@ def base_shapes(memory: Memory) -> dict[str, Any]:
         "q_proj_out": first.delta_q_proj.shape[0],
         "o_proj_out": first.delta_o_proj.shape[0],
     }
+
+
+def model_shapes(model: nn.Module) -> dict[str, int]:
+    """``base_shapes`` read off the model itself, δ-mem attached or not (AttachError: no attention blocks)."""
+    blocks = attention_blocks(model)
+    first = blocks[0]
+    return {
+        "hidden_size": first.q_proj.in_features,
+        "num_layers": len(blocks),
+        "q_proj_out": first.q_proj.out_features,
+        "o_proj_out": first.o_proj.out_features,
+    }
+
+
+def check_backbone(
+    name: object,
+    meta: dict[str, Any],
+    model: nn.Module,
+    *,
+    tensors: dict[str, torch.Tensor] | None = None,
+    model_id: str | None = None,
+    another_model: bool = False,
+) -> None:
+    """Refuse an adapter built for another backbone than ``model`` (AdapterError naming both).
+
+    What the adapter was built for: the shapes of its ``tensors`` when given, else those its
+    config's ``base_model`` records (none: the official release, nothing to check), and the
+    model type recorded there. Shapes decide, and so does the model type (a Llama adapter on
+    a same-shaped Qwen3).
+    ``model_id`` names ``model`` in the message (a server's ``--model``); ``another_model``:
+    the caller knows the two are different models (two hub ids: a base and an instruct model
+    have the same shapes but not the same weights).
+    """
+    base: dict[str, Any] = meta["base_model"] if isinstance(meta.get("base_model"), dict) else {}
+    if tensors is not None:
+        claimed: dict[str, Any] = shapes_of(tensors)
+    elif base:
+        claimed = base
+    else:
+        return
+    differ = [f"{k}: adapter {claimed.get(k)}, model {v}" for k, v in model_shapes(model).items() if claimed.get(k) != v]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if base.get("model_type") and model_type and base["model_type"] != model_type:
+        differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
+    if another_model:
+        differ.insert(0, "another model id")
+    if differ:
+        ours = f"but this server runs {model_id}" if model_id else "not this model"
+        raise AdapterError(
+            f"the adapter {name} was built for {base.get('id') or 'another backbone'}, {ours} (" + "; ".join(differ) + ")"
+        )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -301,20 +354,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, **overrides: Any) ->
         raise TypeError(f"unexpected overrides: {', '.join(sorted(overrides))}")
     config = config.replace(**runtime)
     memory = attach(model, config)
-    base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else None
-    if base is not None:
-        ours = base_shapes(memory)
-        differ = [f"{k}: adapter {base.get(k)}, model {v}" for k, v in ours.items() if base.get(k) != v]
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if base.get("model_type") and model_type and base["model_type"] != model_type:
-            differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
-        if differ:
-            memory.detach()
-            raise AdapterError(
-                f"adapter {path} was built for {base.get('id') or 'another backbone'}, not this model ("
-                + "; ".join(differ)
-                + ")"
-            )
+    try:
+        check_backbone(path, meta, model)
+    except AdapterError:
+        memory.detach()
+        raise
     try:
         memory.load_adapter_state_dict(tensors)
     except ValueError as error:

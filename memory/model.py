@@ -42,7 +42,7 @@ from .delta_rule import delta_rule_chunked, delta_rule_step
 from .layer import DeltaMemLayer, base_weight
 from .wrappers import MemoryLinear
 
-__all__ = ["Memory", "attach", "AttachError", "TESTED_MODEL_TYPES"]
+__all__ = ["Memory", "attach", "attention_blocks", "AttachError", "TESTED_MODEL_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class _WritePass:
     segments: torch.Tensor | None  # [B, T] segment ids, -1 = not written
 
 
-def _attention_blocks(model: nn.Module) -> list[nn.Module]:
+def attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every attention block of ``model`` with separate ``q_proj`` and ``o_proj`` modules, in
+    order (with δ-mem attached or not); AttachError when there are none."""
     blocks = [
         module
         for module in model.modules()
@@ -72,6 +74,11 @@ def _attention_blocks(model: nn.Module) -> list[nn.Module]:
             f"δ-mem cannot attach to {model_type!r}: it needs attention blocks with separate q_proj and "
             f"o_proj projections (tested: {', '.join(TESTED_MODEL_TYPES)})"
         )
+    return blocks
+
+
+def _unattached_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = attention_blocks(model)
     if any(isinstance(block.q_proj, MemoryLinear) for block in blocks):
         raise AttachError("δ-mem is already attached to this model")
     return blocks
@@ -87,7 +94,7 @@ def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> "Memory":
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in TESTED_MODEL_TYPES:
         log.warning("δ-mem has not been tested with model type %r; attaching anyway", model_type)
-    blocks = _attention_blocks(model)
+    blocks = _unattached_blocks(model)
     layers = []
     for index, block in enumerate(blocks):
         q_proj, o_proj = block.q_proj, block.o_proj
@@ -241,6 +248,16 @@ class Memory:
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load adapter weights; missing, unexpected and misshapen keys are refused by name."""
+        problems = self.adapter_problems(tensors)
+        if problems:
+            raise ValueError("adapter does not fit this model: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                param.copy_(tensors[name].to(param.device, torch.float32))
+
+    def adapter_problems(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+        """Why adapter weights ``tensors`` cannot be loaded here: missing, unexpected and
+        misshapen keys, by name (empty: they fit)."""
         own = dict(self.named_parameters())
         problems = []
         missing = sorted(set(own) - set(tensors))
@@ -252,11 +269,7 @@ class Memory:
         for name in sorted(set(own) & set(tensors)):
             if tuple(tensors[name].shape) != tuple(own[name].shape):
                 problems.append(f"{name} has shape {tuple(tensors[name].shape)}, expected {tuple(own[name].shape)}")
-        if problems:
-            raise ValueError("adapter does not fit this model: " + "; ".join(problems))
-        with torch.no_grad():
-            for name, param in own.items():
-                param.copy_(tensors[name].to(param.device, torch.float32))
+        return problems
 
     def detach(self) -> None:
         """Remove δ-mem from the model, restoring the original projections."""
