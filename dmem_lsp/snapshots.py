@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .fingerprint import Fingerprint, describe
-from .store import StoreError, _as_float32, _atomic_write, _loader, _metadata, _serialize, checksum, verify
+from .store import StoreError, _as_float32, _atomic_write, _serialize, checksum, read_file, verify
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 
@@ -35,12 +35,8 @@ def read_snapshot(path: Path, numpy: bool = False) -> tuple[str, Any, Fingerprin
     ``numpy``: the state as a numpy array, without importing torch."""
     from safetensors import SafetensorError
 
-    load = _loader(numpy)
-
     try:
-        data = Path(path).read_bytes()
-        tensors = load(data)
-        metadata = _metadata(data)
+        tensors, metadata = read_file(Path(path), numpy)
         if metadata.get("kind") != KIND:
             raise ValueError("not a dmem-lsp store snapshot")
         if set(tensors) != {"state"}:

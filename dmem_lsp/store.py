@@ -13,9 +13,10 @@
   aside and rebuilt from the state file;
 - ``adapters/<id>/``: the state and manifest of another adapter this folder was used with,
   kept while that adapter is not in use and put back when it is again;
-- ``lock``: held (``flock``) by the server that owns the memory; a second server opens it
-  read-only. ``requests/``: resets and imports asked for from a terminal while a server
-  holds the lock; that server carries them out.
+- ``lock``: held (``filelock``: flock on Unix, a byte lock on Windows) by the server that
+  owns the memory, with its pid in it; a second server opens the memory read-only.
+  ``requests/``: resets and imports asked for from a terminal while a server holds the
+  lock; that server carries them out.
 
 Every file is replaced atomically (temp file, fsync, rename), so a crash leaves the old or
 the new version; temp files a kill left behind are removed when the lock is taken. A state
@@ -37,12 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import platformdirs
 
 from .fingerprint import Fingerprint, describe, differences, fingerprint_id
 
 __all__ = [
-    "AUDIT_LIMIT", "Saved", "StoreError", "checksum", "fingerprint_id", "record_import", "record_reset",
+    "AUDIT_LIMIT", "Saved", "StoreError", "checksum", "fingerprint_id", "read_file", "record_import", "record_reset",
     "WorkspaceStore", "memory_root", "workspace_dir", "state_sha256", "now",
 ]
 
@@ -171,33 +173,31 @@ class WorkspaceStore:
         self.lock_path = self.dir / "lock"
         self.requests_dir = self.dir / "requests"
         self.kept_dir = self.dir / "adapters"
-        self._lock_fd: int | None = None
+        self._lock: filelock.BaseFileLock | None = None
 
     # -- the lock -------------------------------------------------------------------------
-    # flock by hand rather than the filelock package: the lock file carries the holder's pid
-    # (``holder``), which filelock truncates on every attempt to take it.
 
     def acquire(self) -> bool:
         """Take the lock without waiting; False when another process holds it. OSError when
         the memory directory cannot be created or written."""
         private_dirs(self.requests_dir)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        # thread_local=False: the server takes it on one thread and may release it on another
+        lock = filelock.FileLock(self.lock_path, timeout=0, mode=PRIVATE_FILE, thread_local=False)
         try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire()
+        except filelock.Timeout:
             return False
-        except ImportError:  # no flock (Windows): one server per folder is up to the user
-            pass
-        try:
-            os.fchmod(fd, PRIVATE_FILE)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the holder's pid, for ``holder`` (filelock leaves the file's content alone)
+            self.lock_path.chmod(PRIVATE_FILE)
+            fd = os.open(self.lock_path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)  # a second descriptor: closing it keeps the lock
         except OSError:
             pass  # a full disk: the lock holds all the same
-        self._lock_fd = fd
+        self._lock = lock
         return True
 
     def holder(self) -> str:
@@ -207,13 +207,13 @@ class WorkspaceStore:
             return "another process"
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def locked(self) -> bool:
-        return self._lock_fd is not None
+        return self._lock is not None
 
     def clean_temporary_files(self) -> list[str]:
         """Remove the temp files of saves a kill interrupted (only while holding the lock)."""
@@ -264,13 +264,9 @@ class WorkspaceStore:
         ``numpy``: numpy arrays instead of torch tensors, without importing torch."""
         from safetensors import SafetensorError
 
-        load = _loader(numpy)
-
         path = path or self.state_path
         try:
-            data = path.read_bytes()
-            tensors = load(data)
-            metadata = _metadata(data)
+            tensors, metadata = read_file(path, numpy)
             version = metadata.get("format_version")
             if version not in READABLE_VERSIONS:
                 raise StoreError(f"{path} has no fingerprint of a format this dmem-lsp reads (format_version {version!r})")
@@ -423,11 +419,20 @@ def record_import(manifest: dict[str, Any], store: str, tokens: int, source: str
         manifest["sources"] = {}  # the files it holds are another folder's
 
 
-def _metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file held in ``data``."""
-    length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + length])
-    return header.get("__metadata__") or {}
+def read_file(path: Path, numpy: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file (a state file or a snapshot), from one open of
+    it: a save that replaces it meanwhile is never half mixed in. ``numpy``: numpy arrays,
+    without importing torch. OSError, or SafetensorError when it is not a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        metadata = dict(f.metadata() or {})
+    if not numpy:
+        import torch
+
+        tensors = {name: torch.from_numpy(array) for name, array in tensors.items()}
+    return tensors, metadata
 
 
 def _float32(tensor: Any) -> Any:
@@ -447,14 +452,6 @@ def _as_float32(tensors: dict[str, Any]) -> dict[str, Any]:
         name: _float32(t) if isinstance(t, np.ndarray) else t.detach().cpu().contiguous().float()
         for name, t in tensors.items()
     }
-
-
-def _loader(numpy: bool):
-    if numpy:
-        from safetensors.numpy import load
-    else:
-        from safetensors.torch import load
-    return load
 
 
 def _serialize(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:

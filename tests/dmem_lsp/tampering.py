@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import save
 
-from dmem_lsp.store import _metadata, checksum
+from dmem_lsp.store import checksum, read_file
 
 
 def _rewrite(path: Path, change: Callable[[dict, dict], None], rechecksum: bool = False) -> None:
-    data = path.read_bytes()
-    tensors, metadata = load(data), dict(_metadata(data))
+    tensors, metadata = read_file(path)
     change(tensors, metadata)
     if rechecksum:  # as a careful forger would: only the values' sanity can refuse it then
         metadata["checksum"] = checksum(tensors, metadata)
