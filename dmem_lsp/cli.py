@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__, adapter_cli
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
-STORES = ("conventions", "debug", "edits")
+from memory.config import DEFAULT_STORES as STORES  # the store names, defined once (torch-free)
 
 DESCRIPTION = (
     "A local coding assistant served as a language server (VS Code, Neovim), "

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .download import download_command
+from .locations import is_hub_id, local_directory, missing_directory
 from .roots import workspace_root
 from .settings import parse_settings, torch_threads
 from .store import memory_root
@@ -35,10 +36,10 @@ def _version(distribution: str) -> str:
 
 def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
     """(where ``name`` would load from, whether it is there without a download)."""
-    path = Path(name).expanduser()
-    if path.is_dir() and revision is None:
-        return f"local directory {path.resolve()}", True
-    if path.exists() or name.startswith((".", "/", "~")):
+    directory = local_directory(name, revision)
+    if directory is not None:
+        return f"local directory {directory.resolve()}", True
+    if not is_hub_id(name, revision):
         return f"{name} (not a directory)", False
     try:
         from huggingface_hub import snapshot_download
@@ -54,9 +55,8 @@ def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
 
 def _fetch_hint(what: str, name: str, flag: str, revision: str | None = None) -> str:
     """What to do about ``name`` that is not here: a missing directory, or a hub id not in the cache."""
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")):
-        return f"the {what} directory {name} {'is not a directory' if path.exists() else 'does not exist'}: {flag}"
+    if not is_hub_id(name, revision):
+        return f"the {what} directory {name} {missing_directory(name)}: {flag}"
     fetch = download_command(**({"model": name} if what == "model" else {"adapter": name, "revision": revision}))
     return f"the {what} {name} is not in the Hugging Face cache: run `{fetch}` with network access, or {flag}"
 
@@ -191,5 +191,5 @@ def run_doctor(overrides: dict[str, Any]) -> int:
 def _unless_downloaded(fatal: list[str], what: str, name: str, offline: bool) -> None:
     """A missing directory always stops the server; a hub id not in the cache only offline
     (with network access the server downloads it on its first start)."""
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or offline:
+    if not is_hub_id(name) or offline:
         fatal.append(f"{what} {name} is not here" + (" (HF_HUB_OFFLINE=1)" if offline else ""))

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from .locations import is_hub_id
 from .settings import parse_settings
 
 __all__ = ["run_download", "download_command"]
@@ -43,14 +44,10 @@ def _on_disk(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # follows the cache's blob links
 
 
-def _is_path(name: str) -> bool:
-    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or Path(name).expanduser().exists()
-
-
 def fetch(what: str, name: str, revision: str | None = None) -> bool:
     """Download one repo into the cache (or say where it is already); False when it cannot be had."""
     at = f" at {revision}" if revision else ""
-    if _is_path(name):
+    if not is_hub_id(name, revision):
         path = Path(name).expanduser()
         if path.is_dir():
             print(f"{what} {name}: a local directory ({_size(_on_disk(path))}), nothing to download")

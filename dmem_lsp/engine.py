@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,6 +20,7 @@ import torch
 import memory
 
 from .fingerprint import Backbone, Fingerprint, make_fingerprint
+from .locations import is_hub_id, local_directory, looks_like_path, missing_directory
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 from .workspace_config import AdapterSource
 
@@ -84,19 +84,15 @@ class Generation:
     """True when the stop flag ended generation early."""
 
 
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else that names a file system path."""
-    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name or bool(Path(name).drive)
-
-
 def _resolve_local(name: str, what: str, flag: str, revision: str | None = None) -> str:
     """A directory as is; a hub id (at ``revision``) through the local cache (downloads allowed unless offline)."""
-    path = Path(name).expanduser()
-    if path.is_dir() and revision is None:
-        return str(path)
-    if _looks_like_path(name):
+    directory = local_directory(name, revision)
+    if directory is not None:
+        return str(directory)
+    if not is_hub_id(name, revision):
         raise EngineError(
-            f"the {what} directory {name} does not exist: pass an existing directory or a Hugging Face id with {flag}"
+            f"the {what} directory {name} {missing_directory(name)}: pass an existing directory or a Hugging Face id "
+            f"with {flag}"
         )
     from huggingface_hub import snapshot_download
 
@@ -410,7 +406,7 @@ def _check_backbone(source: AdapterSource, meta: dict, tensors: dict[str, torch.
     models (a base and an instruct model) still differ in their weights."""
     base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else {}
     theirs = str(base.get("id") or "")
-    another = bool(theirs) and not _looks_like_path(theirs) and not _looks_like_path(model_id) and theirs != model_id
+    another = bool(theirs) and not looks_like_path(theirs) and not looks_like_path(model_id) and theirs != model_id
     memory.adapter_io.check_backbone(source, meta, model, tensors=tensors, model_id=model_id, another_model=another)
 
 

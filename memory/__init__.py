@@ -9,14 +9,39 @@
 Training an adapter (episodes: write the history, then read the answer with it absent) is
 in ``memory.training``, its data in ``memory.episodes``; neither is imported here.
 
-Knows torch and transformers; never imports the language server.
+Knows torch and transformers; never imports the language server. The names below are
+imported when first used, so ``memory.config`` (the configuration and the store names)
+can be read without importing torch: the server's command line does.
 """
 
-from .adapter_io import AdapterError, load_adapter, read_adapter, save_adapter
-from .config import DEFAULT_STORES, DeltaMemConfig
-from .delta_rule import delta_rule_chunked, delta_rule_naive, delta_rule_step
-from .layer import DeltaMemLayer
-from .model import TESTED_MODEL_TYPES, AttachError, Memory, attach
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .adapter_io import AdapterError, load_adapter, read_adapter, save_adapter
+    from .config import DEFAULT_STORES, DeltaMemConfig
+    from .delta_rule import delta_rule_chunked, delta_rule_naive, delta_rule_step
+    from .layer import DeltaMemLayer
+    from .model import TESTED_MODEL_TYPES, AttachError, Memory, attach
+
+_WHERE = {
+    "AdapterError": "adapter_io",
+    "load_adapter": "adapter_io",
+    "read_adapter": "adapter_io",
+    "save_adapter": "adapter_io",
+    "DEFAULT_STORES": "config",
+    "DeltaMemConfig": "config",
+    "delta_rule_chunked": "delta_rule",
+    "delta_rule_naive": "delta_rule",
+    "delta_rule_step": "delta_rule",
+    "DeltaMemLayer": "layer",
+    "TESTED_MODEL_TYPES": "model",
+    "AttachError": "model",
+    "Memory": "model",
+    "attach": "model",
+}
 
 __all__ = [
     "AdapterError",
@@ -34,3 +59,21 @@ __all__ = [
     "read_adapter",
     "save_adapter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``memory.attach``, ``memory.adapter_io`` ...: the name's module, imported on first use."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
