@@ -16,10 +16,10 @@ from typing import Any
 
 from pathlib import Path
 
+from memory.config import DEFAULT_STORES as STORES  # the store names, defined once (torch-free)
+
 from . import __version__, adapter_cli
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
-
-from memory.config import DEFAULT_STORES as STORES  # the store names, defined once (torch-free)
 
 DESCRIPTION = (
     "A local coding assistant served as a language server (VS Code, Neovim), "

@@ -404,7 +404,7 @@ def _attach_named(model, source: AdapterSource, model_id: str) -> memory.Memory:
 def _check_backbone(source: AdapterSource, meta: dict, tensors: dict[str, torch.Tensor], model, model_id: str) -> None:
     """``memory.adapter_io.check_backbone``, where two different hub ids also decide: same-shaped
     models (a base and an instruct model) still differ in their weights."""
-    base = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else {}
+    base = meta["base_model"] if isinstance(meta.get("base_model"), dict) else {}
     theirs = str(base.get("id") or "")
     another = bool(theirs) and not looks_like_path(theirs) and not looks_like_path(model_id) and theirs != model_id
     memory.adapter_io.check_backbone(source, meta, model, tensors=tensors, model_id=model_id, another_model=another)

@@ -53,7 +53,9 @@ def fingerprint_id(fingerprint: Fingerprint | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def differences(theirs: Fingerprint | dict[str, Any], mine: Fingerprint | dict[str, Any], legacy: bool = False) -> list[str]:
+def differences(
+    theirs: Fingerprint | dict[str, Any], mine: Fingerprint | dict[str, Any], legacy: bool = False
+) -> list[str]:
     """The fields (``FIELDS``) in which ``theirs`` differs from ``mine``; ``legacy``: ``theirs``
     is from a format-1 state file, whose backbone names no model type."""
     differ = []

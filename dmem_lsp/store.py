@@ -36,7 +36,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import filelock
 import platformdirs
@@ -283,7 +283,7 @@ class WorkspaceStore:
             raise StoreError(f"{path} has no fingerprint")
         if not _str_dict(tokens, int) or not _str_dict(sources, str):
             raise StoreError(f"{path} has token counts or sources of the wrong type")
-        return Saved(tensors, fingerprint, tokens, sources, version)
+        return Saved(tensors, cast(Fingerprint, fingerprint), tokens, sources, version)
 
     def read_states(self, numpy: bool = False) -> tuple[dict[str, Any], Fingerprint]:
         """(states, fingerprint) from the state file; StoreError when it cannot be read."""

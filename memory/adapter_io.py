@@ -26,11 +26,11 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
+import safetensors.torch
 import torch
 import torch.nn as nn
-import safetensors.torch
 
 from .config import DeltaMemConfig
 from .model import Memory, attach, attention_blocks
@@ -42,6 +42,7 @@ __all__ = [
     "load_adapter",
     "read_adapter",
     "base_shapes",
+    "BackboneShapes",
     "model_shapes",
     "check_backbone",
     "AdapterError",
@@ -71,7 +72,17 @@ class AdapterError(ValueError):
     """An adapter that cannot be used: missing, tampered, or made for another model."""
 
 
-def base_shapes(memory: Memory) -> dict[str, Any]:
+class BackboneShapes(TypedDict):
+    """The backbone shapes an adapter is bound to (its config's ``base_model`` records them)."""
+
+    hidden_size: int
+    num_layers: int
+    q_proj_out: int
+    """q_proj's output width (heads × head size)."""
+    o_proj_out: int
+
+
+def base_shapes(memory: Memory) -> BackboneShapes:
     """The backbone shapes an adapter is bound to: hidden size, layer count, q/o projection widths."""
     first = memory.layers[0]
     return {
@@ -82,15 +93,15 @@ def base_shapes(memory: Memory) -> dict[str, Any]:
     }
 
 
-def model_shapes(model: nn.Module) -> dict[str, int]:
+def model_shapes(model: nn.Module) -> BackboneShapes:
     """``base_shapes`` read off the model itself, δ-mem attached or not (AttachError: no attention blocks)."""
     blocks = attention_blocks(model)
-    first = blocks[0]
+    q_proj, o_proj = cast(nn.Linear, blocks[0].q_proj), cast(nn.Linear, blocks[0].o_proj)
     return {
-        "hidden_size": first.q_proj.in_features,
+        "hidden_size": q_proj.in_features,
         "num_layers": len(blocks),
-        "q_proj_out": first.q_proj.out_features,
-        "o_proj_out": first.o_proj.out_features,
+        "q_proj_out": q_proj.out_features,
+        "o_proj_out": o_proj.out_features,
     }
 
 
@@ -115,22 +126,22 @@ def check_backbone(
     """
     base: dict[str, Any] = meta["base_model"] if isinstance(meta.get("base_model"), dict) else {}
     if tensors is not None:
-        claimed: dict[str, Any] = shapes_of(tensors)
+        claimed: dict[str, Any] = dict(shapes_of(tensors))
     elif base:
         claimed = base
     else:
         return
-    differ = [f"{k}: adapter {claimed.get(k)}, model {v}" for k, v in model_shapes(model).items() if claimed.get(k) != v]
+    ours: dict[str, Any] = dict(model_shapes(model))
+    differ = [f"{k}: adapter {claimed.get(k)}, model {v}" for k, v in ours.items() if claimed.get(k) != v]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if base.get("model_type") and model_type and base["model_type"] != model_type:
         differ.insert(0, f"model type: adapter {base['model_type']}, model {model_type}")
     if another_model:
         differ.insert(0, "another model id")
     if differ:
-        ours = f"but this server runs {model_id}" if model_id else "not this model"
-        raise AdapterError(
-            f"the adapter {name} was built for {base.get('id') or 'another backbone'}, {ours} (" + "; ".join(differ) + ")"
-        )
+        theirs = base.get("id") or "another backbone"
+        runs = f"but this server runs {model_id}" if model_id else "not this model"
+        raise AdapterError(f"the adapter {name} was built for {theirs}, {runs} (" + "; ".join(differ) + ")")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -197,7 +208,7 @@ def write_adapter(
     return path
 
 
-def shapes_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+def shapes_of(tensors: dict[str, torch.Tensor]) -> BackboneShapes:
     """The backbone shapes an adapter's tensors were made for (``base_shapes`` without a model)."""
     try:
         layers = sorted({int(name.split(".")[1]) for name in tensors})

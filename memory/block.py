@@ -15,7 +15,8 @@ replaces before its o_proj can read it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -43,8 +44,8 @@ class MemoryBlock:
         self._pending_o: torch.Tensor | None = None
         """s · o W_doᵀ [B, T, o_out], from q_proj's wrapper to o_proj's (None: no correction)."""
         attention.delta_mem = layer
-        attention.q_proj = MemoryLinear(attention.q_proj, self._q_correction)
-        attention.o_proj = MemoryLinear(attention.o_proj, self._o_correction)
+        attention.q_proj = MemoryLinear(cast(nn.Module, attention.q_proj), self._q_correction)
+        attention.o_proj = MemoryLinear(cast(nn.Module, attention.o_proj), self._o_correction)
 
     def _q_correction(self, x: torch.Tensor) -> torch.Tensor | None:
         if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
@@ -71,7 +72,7 @@ class MemoryBlock:
         self._pending_o = None
 
     def detach(self) -> None:
-        self.attention.q_proj = self.attention.q_proj.base_layer
-        self.attention.o_proj = self.attention.o_proj.base_layer
+        self.attention.q_proj = cast(MemoryLinear, self.attention.q_proj).base_layer
+        self.attention.o_proj = cast(MemoryLinear, self.attention.o_proj).base_layer
         del self.attention.delta_mem
         self._pending_o = None

@@ -74,7 +74,7 @@ class DeltaMemConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeltaMemConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DeltaMemConfig:
         """Build from a saved dict; unknown keys are refused by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -82,5 +82,5 @@ class DeltaMemConfig:
             raise ValueError(f"unknown δ-mem config keys: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "DeltaMemConfig":
+    def replace(self, **changes: Any) -> DeltaMemConfig:
         return dataclasses.replace(self, **changes)

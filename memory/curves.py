@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["COLUMNS", "write_csv", "write_png", "merge_rows"]
 
@@ -59,7 +60,7 @@ def write_png(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     for column, label in labels.items():
         points = [(row["step"], row[column]) for row in rows if row[column] is not None]
         if points:
-            steps, losses = zip(*points)
+            steps, losses = zip(*points, strict=True)
             axes.plot(steps, losses, label=label, marker="o" if column != "train_loss" else None, markersize=3)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("cross-entropy on target tokens")

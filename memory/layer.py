@@ -15,6 +15,7 @@ cast back by the wrapper that adds them.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -37,7 +38,7 @@ PARAMETER_NAMES = (
 
 def base_weight(linear: nn.Module) -> torch.Tensor:
     """A projection's weight as a float32 [out, in] tensor; bitsandbytes 4-bit is dequantized."""
-    weight = linear.weight
+    weight = cast(torch.Tensor, linear.weight)
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is not None:
         import bitsandbytes.functional as bnb_functional

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -84,7 +85,7 @@ def _unattached_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> "Memory":
+def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> Memory:
     """Attach freshly initialised δ-mem to ``model``; states start at zero.
 
     With zero states the model's outputs are the base model's, bit for bit. On the meta
@@ -97,7 +98,7 @@ def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> "Memory":
     blocks = _unattached_blocks(model)
     layers = []
     for index, block in enumerate(blocks):
-        q_proj, o_proj = block.q_proj, block.o_proj
+        q_proj, o_proj = cast(nn.Linear, block.q_proj), cast(nn.Linear, block.o_proj)  # or bitsandbytes' subclass
         device = q_proj.weight.device
         layer = DeltaMemLayer(index, q_proj.in_features, q_proj.out_features, o_proj.out_features, config, device)
         if device.type != "meta":
@@ -122,7 +123,7 @@ class Memory:
         self._nonzero: set[str] = set()
         self._rows: int | None = None
         self.reset()
-        self._blocks = [MemoryBlock(block, layer, self._reads) for block, layer in zip(blocks, layers)]
+        self._blocks = [MemoryBlock(block, layer, self._reads) for block, layer in zip(blocks, layers, strict=True)]
         self._hooks = [
             model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
             model.register_forward_hook(self._release_mask),
@@ -208,7 +209,7 @@ class Memory:
         self._rows = len(index)
 
     @contextlib.contextmanager
-    def writing(self, store: str, segments: torch.Tensor | None = None) -> Iterator["Memory"]:
+    def writing(self, store: str, segments: torch.Tensor | None = None) -> Iterator[Memory]:
         """Every forward inside is a write pass into ``store``.
 
         ``segments`` [B, T] (optional; required for SSW) gives each token a segment id,
@@ -292,7 +293,7 @@ class Memory:
         for block in self._blocks:
             block.clear()
 
-    def _written(self, B: int, T: int, device: torch.device) -> torch.Tensor | None:
+    def _written(self, write: _WritePass, B: int, T: int, device: torch.device) -> torch.Tensor | None:
         """[B, T] bool: which tokens of this forward are written (None: all of them)."""
         written = None
         mask = self._attention_mask
@@ -302,7 +303,7 @@ class Memory:
                     f"write passes need a 2-D attention_mask [batch, tokens]; got shape {tuple(mask.shape)}"
                 )
             written = mask[:, -T:].to(device).bool()
-        segments = self._pass.segments
+        segments = write.segments
         if segments is not None:
             if tuple(segments.shape) != (B, T):
                 raise ValueError(f"segments have shape {tuple(segments.shape)} but this forward has {(B, T)}")
@@ -315,7 +316,7 @@ class Memory:
         names = tuple(n for n in names if n in self._nonzero)
         if not names:
             return None
-        S = sum(self._states[n][index] for n in names)  # [h, r, r], or [B, h, r, r] with rows
+        S = cast(torch.Tensor, sum(self._states[n][index] for n in names))  # [h, r, r], or [B, h, r, r] with rows
         if S.dim() == 3:
             return torch.einsum("hij,bthj->bthi", S, q)
         self._check_rows(q.shape[0])
@@ -324,18 +325,19 @@ class Memory:
     def _reads(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
         """What this forward does with ``layer``'s input x [B, T, H]: the reads o [B, T, h, r]
         of a read-only pass, or of a write pass (which updates the store); None: all zero."""
-        if self._pass is None:
+        write = self._pass
+        if write is None:
             return self._read(self.stores, layer.index, layer.project_read(x)) if self._nonzero else None
         if self.config.write == "token":
-            return self._write_tokens(layer, x)
-        return self._write_segments(layer, x)
+            return self._write_tokens(layer, x, write)
+        return self._write_segments(layer, x, write)
 
-    def _write_tokens(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor:
+    def _write_tokens(self, layer: DeltaMemLayer, x: torch.Tensor, write: _WritePass) -> torch.Tensor:
         """TSW: the rows of the batch, one after another, each token reading before it writes."""
         B, T, _ = x.shape
-        store = self._pass.store
+        store = write.store
         q, k, v, beta, log_lam = layer.project(x)  # [B, T, h, r] each
-        written = self._written(B, T, x.device)
+        written = self._written(write, B, T, x.device)
         if written is not None:  # unwritten tokens: β = 0, λ = 1 (no change)
             keep = written[..., None, None]  # torch.where, not a product: pads may hold NaN
             k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
@@ -347,24 +349,25 @@ class Memory:
             self._check_rows(B)
             flat = [q, k, v, beta, log_lam]
             S0 = self._states[store][layer.index]  # [B, h, r, r]
-        if flat[0].shape[1] == 1:  # decoding: one step
-            o, S = delta_rule_step(*(t[:, 0] for t in flat[:4]), S0, log_lam=flat[4][:, 0])
+        fq, fk, fv, fbeta, flog_lam = flat
+        if fq.shape[1] == 1:  # decoding: one step
+            o, S = delta_rule_step(fq[:, 0], fk[:, 0], fv[:, 0], fbeta[:, 0], S0, log_lam=flog_lam[:, 0])
             o = o.unsqueeze(1)
         else:
-            o, S = delta_rule_chunked(*flat[:4], S0, log_lam=flat[4], chunk_size=self.config.chunk_size)
+            o, S = delta_rule_chunked(fq, fk, fv, fbeta, S0, log_lam=flog_lam, chunk_size=self.config.chunk_size)
         self._states[store][layer.index] = S[0] if self._rows is None else S
         self._nonzero.add(store)
         o = o.reshape(B, T, h, r)
         others = self._read(tuple(n for n in self.stores if n != store), layer.index, q)
         return o if others is None else o + others
 
-    def _write_segments(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
+    def _write_segments(self, layer: DeltaMemLayer, x: torch.Tensor, write: _WritePass) -> torch.Tensor | None:
         """SSW: each segment written once as the mean of x over its tokens; reads see the old state."""
         B, T, H = x.shape
-        store = self._pass.store
+        store = write.store
         o = self._read(self.stores, layer.index, layer.project_read(x))  # state from before the pass
-        written = self._written(B, T, x.device)
-        segments = self._pass.segments.to(x.device)
+        written = self._written(write, B, T, x.device)
+        segments = cast(torch.Tensor, write.segments).to(x.device)  # writing() requires them for SSW
         if written is not None:
             segments = segments.masked_fill(~written, -1)
         tokens = segments >= 0
@@ -404,7 +407,8 @@ class Memory:
     def _check_rows(self, batch: int) -> None:
         if batch != self._rows:
             raise ValueError(
-                f"this memory holds {self._rows} independent rows (reset(rows=...)), but the forward has a batch of {batch}"
+                f"this memory holds {self._rows} independent rows (reset(rows=...)), "
+                f"but the forward has a batch of {batch}"
             )
 
     def _check_store(self, store: str) -> str:

@@ -8,7 +8,7 @@ sdpa/eager/flash kernels -- is the model's own code.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-from memory.config import DEFAULT_STORES
 
 from dmem_lsp.cli import STORES, build_parser
+from memory.config import DEFAULT_STORES
 
 NEOVIM = Path(__file__).resolve().parents[2] / "editors" / "neovim"
 
