@@ -1,0 +1,87 @@
+"""``dmem-lsp demo`` as a newcomer runs it: a real process, its real servers, a time limit.
+
+The cache and data dirs are temp dirs (XDG_CACHE_HOME, XDG_DATA_HOME): the first run builds
+the model, the second reuses it and is stopped with Ctrl-C (SIGINT to its process group, as
+a terminal sends it), which must end its server too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from dmem_lsp import demo_model
+
+LIMIT = 540
+"""Seconds the whole demo may take on a loaded 2-core machine (about 50 s when idle; pytest gives a test 600)."""
+DEMO = [sys.executable, "-m", "dmem_lsp", "demo"]
+
+
+def demo_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_DATA_HOME": str(home / "data")}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo")
+    run = subprocess.run(DEMO, env=demo_env(home), capture_output=True, text=True, timeout=LIMIT, check=False)
+    return home, run
+
+
+def test_the_demo_shows_recall_persistence_and_reset(first_run):
+    home, run = first_run
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr[-3000:]
+    n = len(demo_model.WORKSPACE.queries)
+    assert f"[1/6] model: building recipe {demo_model.RECIPE}" in out
+    assert "dmem/memory: written CONTRIBUTING.md into conventions" in out
+    if demo_model.TRAINED:
+        assert f"recall:      {n}/{n} answers recall the conventions" in out
+    else:
+        assert f"recall:      memory changed {n}/{n} answers" in out
+    assert f"persistence: {n}/{n} answers identical after the restart; state identical" in out
+    assert "dmem/memory: reset " in out and "(by the running server)" in out  # the command a user types
+    assert f"reset:       {n}/{n} answers back to the no-memory ones" in out
+    # the history never enters a prompt: the documents asked hold none of it
+    conventions = "".join(demo_model.WORKSPACE.conventions.values())
+    for query in demo_model.WORKSPACE.queries:
+        assert query.expected not in query.text and query.text not in conventions
+    assert (home / "cache" / "dmem-lsp" / "demo" / demo_model.RECIPE / "adapter").is_dir()
+
+
+def test_ctrl_c_stops_the_demo_and_its_server(first_run):
+    home, _ = first_run
+    demo = subprocess.Popen(
+        DEMO, env=demo_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    stderr: list[str] = []
+    threading.Thread(target=lambda: stderr.extend(demo.stderr), daemon=True).start()
+    lines = []
+    try:
+        for line in demo.stdout:  # until the server has started
+            lines.append(line)
+            if "(pid " in line:
+                server = int(line.split("(pid ", 1)[1].split(",", 1)[0])
+                break
+        else:
+            pytest.fail("the demo ended before starting its server:\n" + "".join(lines) + "".join(stderr))
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=120) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "built before" in "".join(lines)  # the second run reuses the model
+    with pytest.raises(ProcessLookupError):  # ended and reaped by the demo
+        os.kill(server, 0)
+
+
+def test_the_demo_loads_no_torch_until_it_builds_a_model():
+    code = "import sys, dmem_lsp.demo, dmem_lsp.demo_model; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.split() == ["False", "False"]
