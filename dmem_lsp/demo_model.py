@@ -89,8 +89,8 @@ def build(out: Path, seed: int = SEED) -> tuple[Path, Path]:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+        vocab_size=400, special_tokens=_SPECIALS, show_progress=False
+    )  # the alphabet is the corpus' characters (ASCII): every answer prints, however random
     core.train_from_iterator(_CORPUS * 20, trainer)
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=_CHAT_TEMPLATE
