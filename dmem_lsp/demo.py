@@ -24,9 +24,7 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -59,58 +57,30 @@ def say(text: str = "") -> None:
 
 def run_demo() -> int:
     """The whole demo; 0 when memory recalled (or, untrained, changed), persisted and reset as it should."""
-    from . import demo_model as recipe
+    from .demo_model import RECIPE, RecipeError
 
     started = time.monotonic()
     say("dmem-lsp demo: δ-mem memory in the real server, on a small model, on the CPU, offline.")
+    cache = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo"
     try:
-        model, adapter = model_dirs(recipe)
-        workspace = prepare_workspace(recipe.WORKSPACE)
-        outcome = asyncio.run(Demo(recipe, model, adapter, workspace).run())
+        model, adapter = RECIPE.model(cache, say)
+        workspace = prepare_workspace(RECIPE.workspace, cache / "workspace")
+        outcome = asyncio.run(Demo(RECIPE, model, adapter, workspace).run())
     except KeyboardInterrupt:
         print("\ndmem-lsp demo: stopped (Ctrl-C); its server was stopped too", file=sys.stderr, flush=True)
         return 130
-    except DemoError as error:
+    except (DemoError, RecipeError) as error:
         print(f"dmem-lsp demo: {error}", file=sys.stderr, flush=True)
         return 1
     say(f"\nDone in {time.monotonic() - started:.0f} s.")
     return 0 if outcome else 1
 
 
-# -- step 1: the model --------------------------------------------------------------------
-
-
-def model_dirs(recipe: Any) -> tuple[Path, Path]:
-    """The recipe's backbone and adapter directories in the cache, built on first use."""
-    cache = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo"
-    home = cache / recipe.RECIPE
-    model, adapter = home / "model", home / "adapter"
-    if model.is_dir() and adapter.is_dir():
-        say(f"[1/6] model: {home} (recipe {recipe.RECIPE}, built before)")
-        return model, adapter
-    say(f"[1/6] model: building recipe {recipe.RECIPE} into {home} (first run only) ...")
-    began = time.monotonic()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # this line is the progress shown
-    with tempfile.TemporaryDirectory(prefix=f"{recipe.RECIPE}.", dir=cache) as building:
-        with contextlib.redirect_stdout(io.StringIO()) as noise:  # libraries' prints: not for this screen
-            recipe.build(Path(building))
-        if noise.getvalue():
-            log.info("%s", noise.getvalue())
-        if home.exists():
-            shutil.rmtree(home)  # an unfinished one (the rename below is the last step of a build)
-        os.replace(building, home)
-        Path(building).mkdir()  # for TemporaryDirectory's cleanup
-    say(f"      built in {time.monotonic() - began:.0f} s")
-    return model, adapter
-
-
 # -- step 2: the workspace ----------------------------------------------------------------
 
 
-def prepare_workspace(spec: Any) -> Path:
-    """The demo's project in the cache dir, as the spec has it, with no convention file yet."""
-    root = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo" / "workspace"
+def prepare_workspace(spec: Any, root: Path) -> Path:
+    """The demo's project at ``root``, as the spec has it, with no convention file yet."""
     root.mkdir(parents=True, exist_ok=True)
     (root / ".git").mkdir(exist_ok=True)  # a project root, as an editor finds one
     for relative in spec.conventions:
@@ -125,7 +95,7 @@ def prepare_workspace(spec: Any) -> Path:
         memory_cli.reset_memory(root, None)  # what an interrupted run left (no memory yet: nothing to do)
     say(f"[2/6] workspace: {root}")
     for query in spec.queries:
-        say(f"      {query.path}: {query.text!r}")
+        say(f"      {query.path}: {query.prefix.rsplit(chr(10), 1)[-1]}▌")
     return root
 
 
@@ -204,7 +174,7 @@ def describe(event: dict[str, Any]) -> str:
 class Demo:
     def __init__(self, recipe: Any, model: Path, adapter: Path, workspace: Path) -> None:
         self.recipe, self.workspace = recipe, workspace
-        self.spec = recipe.WORKSPACE
+        self.spec = recipe.workspace
         self.args = ["--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.client: DemoClient | None = None
@@ -233,7 +203,7 @@ class Demo:
         say("      the same documents, the conventions in memory only:")
         recalled = await self.ask_all("memory", before)
 
-        say("[5/6] restart: a new server loads the memory from disk:")
+        say("[5/6] restart: the server ends (shutdown, exit) and a new one loads the memory from disk:")
         await self.stop_server()
         await self.start_server()
         again = await self.conventions_state()
@@ -259,16 +229,16 @@ class Demo:
         identical = sum(a == b for a, b in zip(restarted, recalled))
         gone = sum(a == b for a, b in zip(reset, before))
         say("")
-        if self.recipe.TRAINED:
+        if self.recipe.trained:
             say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")
         else:
             say(
-                f"recall:      memory changed {changed}/{n} answers; the {self.recipe.RECIPE} model is a stand-in, "
+                f"recall:      memory changed {changed}/{n} answers; the {self.recipe.name} model is a stand-in, "
                 "never trained to recall, so the values are not the conventions"
             )
         say(f"persistence: {identical}/{n} answers identical after the restart; state {'identical' if same else 'CHANGED'}")
         say(f"reset:       {gone}/{n} answers back to the no-memory ones")
-        remembered = hits == n if self.recipe.TRAINED else changed > 0
+        remembered = hits == n if self.recipe.trained else changed > 0
         return remembered and identical == n and same and gone == n
 
     # -- the server ----------------------------------------------------------------------
@@ -346,14 +316,14 @@ class Demo:
             note = ""
             if label == "memory":
                 hit = recalls(query, answer)
-                note = ("recalled ✓" if hit else "not recalled ✗") if self.recipe.TRAINED else (
+                note = ("recalled ✓" if hit else "not recalled ✗") if self.recipe.trained else (
                     "changed by memory" if answer != compare[i] else "unchanged"
                 )
             elif label == "restarted":
                 note = "identical ✓" if answer == compare[i] else "DIFFERENT ✗"
             elif label == "reset":
                 note = "the no-memory answer ✓" if answer == compare[i] else "NOT the no-memory answer ✗"
-            say(f"      {label:>10}  {query.text}▌ → {answer!r}  {note}".rstrip())
+            say(f"      {label:>10}  {query.prefix.rsplit(chr(10), 1)[-1]}▌ → {answer!r}  {note}".rstrip())
         return answers
 
     async def ask(self, query: Any) -> str:
@@ -362,7 +332,7 @@ class Demo:
         self.client.text_document_did_open(
             types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=query.text))
         )
-        lines = query.text.split("\n")
+        lines = query.prefix.split("\n")
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
             position=types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2),
