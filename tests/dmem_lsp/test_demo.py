@@ -85,3 +85,41 @@ def test_the_demo_loads_no_torch_until_it_builds_a_model():
     code = "import sys, dmem_lsp.demo, dmem_lsp.demo_model; print('torch' in sys.modules, 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.split() == ["False", "False"]
+
+
+def shipped_dir(tmp_path: Path) -> tuple[Path, str]:
+    """A directory laid out as scripts/make-demo-model lays out dmem_lsp/demo_data/, and its SHA256SUMS' sha256."""
+    import hashlib
+    import json
+
+    (tmp_path / "backbone").mkdir()
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "backbone" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "adapter" / "adapter.safetensors").write_bytes(b"adapter")
+    query = {"path": "src/q0.py", "prefix": "indent =", "suffix": "\n", "expected": "4"}
+    spec = {"recipe": "test-recipe", "conventions": {"README.md": "indent = 4\n"}, "files": {}, "queries": [query]}
+    (tmp_path / "workspace.json").write_text(json.dumps(spec))
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tmp_path).as_posix()}\n" for p in files)
+    (tmp_path / "SHA256SUMS").write_text(sums)
+    return tmp_path, hashlib.sha256(sums.encode()).hexdigest()
+
+
+def test_a_shipped_model_is_served_only_as_it_was_recorded(tmp_path):
+    from dmem_lsp.demo_model import RecipeError, Shipped
+
+    directory, digest = shipped_dir(tmp_path)
+    shipped = Shipped(directory, digest)
+    assert shipped.name == "test-recipe" and shipped.trained
+    assert shipped.workspace.queries[0].text == "indent =\n"
+    lines: list[str] = []
+    assert shipped.model(tmp_path / "cache", lines.append) == (directory / "backbone", directory / "adapter")
+    assert "sha256 checked" in lines[0]
+
+    (directory / "adapter" / "adapter.safetensors").write_bytes(b"adapter, changed")
+    with pytest.raises(RecipeError, match="adapter.safetensors is not the file this dmem-lsp ships"):
+        shipped.model(tmp_path / "cache", lines.append)
+    with pytest.raises(RecipeError, match="SHA256SUMS is not the one this dmem-lsp ships"):
+        Shipped(directory, "0" * 64).model(tmp_path / "cache", lines.append)
+    with pytest.raises(RecipeError, match="make it: scripts/make-demo-model"):
+        Shipped(tmp_path / "nowhere", digest)
