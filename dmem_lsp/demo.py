@@ -26,8 +26,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import platformdirs
 from lsprotocol import types
@@ -186,7 +187,6 @@ class Demo:
             await self.stop_server(quick=True)
 
     async def _steps(self) -> bool:
-        queries = self.spec.queries
         say("[3/6] the server, memory empty:")
         await self.start_server()
         before = await self.ask_all("no memory")
@@ -196,7 +196,7 @@ class Demo:
         for relative, text in self.spec.conventions.items():
             (self.workspace / relative).write_text(text, encoding="utf-8")
         for relative in self.spec.conventions:
-            await self.client.wait_for(f"the write of {relative}", lambda c: written(c.events[seen:], relative))
+            await self.client.wait_for(f"the write of {relative}", lambda c, r=relative: written(c.events[seen:], r))
         await self.client.wait_for("the save", lambda c: saved_after(c.events[seen:]))
         state = await self.conventions_state()
         say(f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}")

@@ -26,11 +26,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["Query", "Workspace", "StandIn", "Shipped", "RecipeError", "RECIPE"]
+__all__ = ["RECIPE", "Query", "RecipeError", "Shipped", "StandIn", "Workspace"]
 
 
 class RecipeError(Exception):

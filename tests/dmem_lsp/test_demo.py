@@ -35,11 +35,11 @@ def first_run(tmp_path_factory):
 
 
 def test_the_demo_shows_recall_persistence_and_reset(first_run):
-    home, run = first_run
+    _, run = first_run
     out = run.stdout
     assert run.returncode == 0, out + run.stderr[-3000:]
     n = len(RECIPE.workspace.queries)
-    assert f"[1/6] model: " in out and RECIPE.name in out
+    assert "[1/6] model: " in out and RECIPE.name in out
     for convention in RECIPE.workspace.conventions:
         assert f"dmem/memory: written {convention} into conventions" in out
     if RECIPE.trained:
