@@ -65,7 +65,7 @@ def run_demo() -> int:
     cache = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo"
     try:
         model, adapter = RECIPE.model(cache, say)
-        workspace = prepare_workspace(RECIPE.workspace, cache / "workspace")
+        workspace = prepare_workspace(RECIPE.workspace, cache / RECIPE.name / "workspace")
         outcome = asyncio.run(Demo(RECIPE, model, adapter, workspace).run())
     except KeyboardInterrupt:
         print("\ndmem-lsp demo: stopped (Ctrl-C); its server was stopped too", file=sys.stderr, flush=True)
@@ -199,7 +199,7 @@ class Demo:
             await self.client.wait_for(f"the write of {relative}", lambda c, r=relative: written(c.events[seen:], r))
         await self.client.wait_for("the save", lambda c: saved_after(c.events[seen:]))
         state = await self.conventions_state()
-        say(f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}")
+        say(f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}, in {state['directory']}")
         say("      the same documents, the conventions in memory only:")
         recalled = await self.ask_all("memory", before)
 
@@ -207,6 +207,7 @@ class Demo:
         await self.stop_server()
         await self.start_server()
         again = await self.conventions_state()
+        state.pop("directory"), again.pop("directory")
         say(
             f"      conventions store: {again['tokens']} tokens, state sha256 {again['sha256'][:16]}"
             f" ({'the same' if again == state else 'NOT the same'} as before the restart)"
@@ -306,7 +307,7 @@ class Demo:
         result = as_json(await asyncio.wait_for(self.client.workspace_execute_command_async(params), TIMEOUT))
         (folder,) = result["folders"]
         store = folder["stores"]["conventions"]
-        return {"tokens": store["tokens"], "sha256": store["sha256"]}
+        return {"tokens": store["tokens"], "sha256": store["sha256"], "directory": folder["directory"]}
 
     async def ask_all(self, label: str, compare: list[str] | None = None) -> list[str]:
         answers = []
