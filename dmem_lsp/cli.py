@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo",
         help="see memory at work in a minute or two, on the CPU, offline: the real server on a small model "
-        "recalls a project's conventions, keeps them across a restart, forgets them on reset",
+        "writes a project's conventions into memory, completes from it, keeps it across a restart, forgets it on reset",
     )
     download = commands.add_parser(
         "download",
