@@ -123,3 +123,36 @@ def test_a_shipped_model_is_served_only_as_it_was_recorded(tmp_path):
         Shipped(directory, "0" * 64).model(tmp_path / "cache", lines.append)
     with pytest.raises(RecipeError, match="make it: scripts/make-demo-model"):
         Shipped(tmp_path / "nowhere", digest)
+
+
+def test_a_shipped_model_that_does_not_recall_fails_the_demo(tmp_path, monkeypatch, capsys):
+    """The Shipped path end to end, with the stand-in's weights: the demo serves them, says that nothing was
+    recalled, and exits 1 (persistence and reset hold all the same)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from dmem_lsp import demo, demo_model
+
+    standin = demo_model.StandIn()
+    data = tmp_path / "demo_data"
+    standin.build(data)
+    (data / "model").rename(data / "backbone")
+    ws = standin.workspace
+    spec = {"recipe": "untrained", "conventions": ws.conventions, "files": ws.files,
+            "queries": [dataclasses.asdict(q) for q in ws.queries]}
+    (data / "workspace.json").write_text(json.dumps(spec))
+    files = sorted(p for p in data.rglob("*") if p.is_file())
+    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(data).as_posix()}\n" for p in files)
+    (data / "SHA256SUMS").write_text(sums)
+    monkeypatch.setattr(demo_model, "RECIPE", demo_model.Shipped(data, hashlib.sha256(sums.encode()).hexdigest()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+    assert demo.run_demo() == 1
+    out = capsys.readouterr().out
+    n = len(ws.queries)
+    assert "(the untrained recipe, shipped; sha256 checked)" in out
+    assert "not recalled ✗" in out and f"{n}/{n} answers recall" not in out
+    assert f"persistence: {n}/{n} answers identical after the restart" in out
+    assert f"reset:       {n}/{n} answers back to the no-memory ones" in out
