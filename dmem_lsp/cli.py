@@ -1,4 +1,4 @@
-"""The ``dmem-lsp`` command line: serve over stdio (or TCP), or run ``doctor``, ``memory`` or ``adapter``.
+"""The ``dmem-lsp`` command line: serve over stdio (or TCP), or run ``doctor``, ``demo``, ``memory`` or ``adapter``.
 
 Nothing imported here loads torch: the server must answer ``initialize`` at once and
 load the model in the background. Logs go to stderr (stdout carries the protocol) and,
@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", choices=STORES, help="only this store (with --reset-memory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("doctor", help="print versions, CUDA and bitsandbytes status, and where things are kept")
+    commands.add_parser(
+        "demo",
+        help="see memory at work in a minute or two, on the CPU, offline: the real server on a small model "
+        "writes a project's conventions into memory, completes from it, keeps it across a restart, forgets it on reset",
+    )
     download = commands.add_parser(
         "download",
         help="download the model and the adapter into the Hugging Face cache, so the server starts offline",
@@ -171,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(overrides_from(args))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo()
     if args.command == "download":
         from .download import run_download
 

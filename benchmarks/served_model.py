@@ -1,0 +1,301 @@
+"""The served recall recipe: a tiny backbone that reads the server's prompts, and its δ-mem adapters.
+
+``build_model(out, seed, quick=False)`` writes, reproducibly for a seed (and thread count):
+
+- ``out/backbone``: a tiny Qwen3 and the task's tokenizer with FIM tokens (``save_pretrained``
+  both; ``dmem-lsp --model out/backbone`` loads it offline and builds FIM prompts);
+- ``out/backbone-chat``: the same weights, the tokenizer with the FIM tokens renamed, so the
+  server builds chat-template prompts (until contract 1's ``prompt`` field picks the shape);
+- ``out/adapter-msw`` (and ``out/adapter-ssw`` unless quick): δ-mem adapters in our format.
+
+1. The backbone stands in for a pretrained model, so it must read the server's prompts: it
+   trains with the history *in context*, inside the prompt the server's own code builds
+   (``dmem_lsp.prompts.completion_prompt`` over the history's text, then the document before
+   the cursor; FIM and chat alike), mixed with plain lookup drills (the history, then answered
+   ``<key> = <value>`` lines), with the next-token loss, until (c), the value at the cursor
+   with the history in the prompt, reaches 0.95 on validation workspaces in both shapes.
+   Then it is frozen (and checked bit-identical after the adapters train).
+2. Each adapter trains with ``memory.training.train`` (the product's trainer) on episodes
+   whose history is the texts the server writes (``served_task.framed``, one piece per write
+   event, chunked as the server chunks) and whose query is the server's prompt for the cursor
+   in the query document, with the history absent; target: the value, then end-of-sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import served_task as task  # noqa: E402
+
+log = logging.getLogger("served_model")
+
+HIDDEN, LAYERS, HEADS = 64, 4, 4
+PREFIX_TOKENS, SUFFIX_TOKENS = 1536, 512
+"""The server's default prompt budgets (``completion.prefixTokens`` / ``suffixTokens``)."""
+WRITE_CHUNK_TOKENS = 256
+"""The server's default ``memory.writeChunkTokens``: each write pass is at most this many tokens."""
+SHAPES = ("fim", "chat")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    max_k: int = 16
+    backbone_steps: int = 3000
+    backbone_batch: int = 24
+    backbone_lr: float = 2e-3
+    target_c: float = 0.95
+    adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
+    """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
+    adapter_lr: float = 2e-3
+    variants: tuple[str, ...] = ("msw", "ssw")
+
+
+QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+
+
+def tokenizers(out: Path, seed: int) -> dict[str, Any]:
+    return {"fim": task.save_tokenizer(out / "backbone", True, seed), "chat": task.save_tokenizer(out / "backbone-chat", False, seed)}
+
+
+def prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> list[int]:
+    """The server's completion prompt (its shape follows the tokenizer: SEAM for contract 1's
+    ``shape=``, which will let one tokenizer build both)."""
+    from dmem_lsp.prompts import completion_prompt
+
+    return completion_prompt(tokenizer, prefix, suffix, PREFIX_TOKENS, SUFFIX_TOKENS).input_ids
+
+
+def in_context(tokenizer: Any, ws: task.Workspace, query: task.Query) -> list[int]:
+    """(c)'s prompt: the texts the server writes, then the query document, as one document."""
+    return prompt_ids(tokenizer, "\n".join(task.framed(ws)) + "\n" + query.prefix, query.suffix)
+
+
+def random_workspace(rng: random.Random, max_k: int) -> task.Workspace:
+    return task.make_workspace(rng.choice(task.SOURCES), rng.randint(1, max_k), rng)
+
+
+def value_id(tokenizer: Any, value: str) -> int:
+    ids = tokenizer.encode(" " + value, add_special_tokens=False)
+    assert len(ids) == 1, f"{value!r} is {len(ids)} tokens"
+    return ids[0]
+
+
+# ----------------------------------------------------------------------------- the backbone
+
+
+def build_backbone(vocab: int, seed: int) -> Any:
+    import torch
+    import transformers
+
+    config = transformers.Qwen3Config(
+        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HIDDEN // HEADS, max_position_embeddings=2048,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return transformers.Qwen3ForCausalLM(config).float()
+
+
+def drill(tokenizer: Any, ws: task.Workspace, rng: random.Random) -> tuple[list[int], list[int]]:
+    """The history's text, then every fact asked and answered: many lookups in one sequence."""
+    asked = [*ws.facts, *(rng.choice(ws.facts) for _ in range(2 * len(ws.facts)))]
+    text = "\n".join(task.framed(ws)) + "\n" + "".join(f"{k} = {v}\n" for k, v in asked)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids, [1] * len(ids)
+
+
+def prompted(tokenizer: Any, ws: task.Workspace, rng: random.Random) -> tuple[list[int], list[int]]:
+    query = rng.choice(ws.queries)
+    ids = [*in_context(tokenizer, ws, query), value_id(tokenizer, query.value), tokenizer.eos_token_id]
+    weights = [1] * len(ids)
+    weights[-2] = 8  # the answer: one token in a long prompt
+    return ids, weights
+
+
+def batch_loss(model: Any, rows: Sequence[tuple[list[int], list[int]]]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    weights = torch.zeros(len(rows), width)
+    for i, (row, weight) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        weights[i, : len(row)] = torch.tensor(weight, dtype=torch.float)
+    logits = model(input_ids=ids, attention_mask=(weights > 0).long(), use_cache=False).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="none")
+    w = weights[:, 1:].reshape(-1)
+    return (loss * w).sum() / w.sum()
+
+
+def validation_set(seed: int, max_k: int, n: int = 48) -> list[task.Workspace]:
+    rng = random.Random(seed * 7919 + 1)
+    return [task.make_workspace(task.SOURCES[i % 3], 1 + i % max_k, rng) for i in range(n)]
+
+
+def in_context_accuracy(model: Any, toks: dict[str, Any], workspaces: Sequence[task.Workspace]) -> dict[str, float]:
+    """(c) per shape: greedy next token after the prompt with the history in it."""
+    import torch
+
+    scores = {}
+    with torch.no_grad():
+        for shape, tokenizer in toks.items():
+            right = total = 0
+            for ws in workspaces:
+                for query in ws.queries:
+                    ids = torch.tensor([in_context(tokenizer, ws, query)])
+                    predicted = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].argmax().item()
+                    right += predicted == value_id(tokenizer, query.value)
+                    total += 1
+            scores[shape] = right / total
+    return scores
+
+
+def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) -> dict[str, Any]:
+    import torch
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    validation = validation_set(seed, recipe.max_k)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.backbone_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = 50
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    start, curve, scores = time.perf_counter(), [], {}
+    for step in range(1, recipe.backbone_steps + 1):
+        model.train()
+        k_max = min(recipe.max_k, 1 + step // 40)  # short histories first
+        rows = []
+        for i in range(recipe.backbone_batch):
+            ws = random_workspace(rng, k_max)
+            tokenizer = toks[SHAPES[i % 2]]
+            rows.append(drill(tokenizer, ws, rng) if i % 3 == 0 else prompted(tokenizer, ws, rng))
+        loss = batch_loss(model, rows)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 and k_max >= recipe.max_k:
+            model.eval()
+            scores = in_context_accuracy(model, toks, validation)
+            curve.append((step, round(loss.item(), 4), scores))
+            log.info("backbone step %d: loss %.3f, (c) on validation %s (%.0fs)", step, loss.item(),
+                     {k: round(v, 3) for k, v in scores.items()}, time.perf_counter() - start)
+            if min(scores.values()) >= recipe.target_c:
+                break
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return {"steps": step, "validation_c": scores, "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+
+
+# ----------------------------------------------------------------------------- the adapters
+
+
+VARIANTS = {"msw": dict(rank=8, write="token", state_heads=4), "ssw": dict(rank=8, write="segment")}
+
+
+def episode(toks: dict[str, Any], ws: task.Workspace, query: task.Query, shape: str) -> Any:
+    """History as the server writes it (one piece per write event), the server's prompt as the query."""
+    from memory.episodes import Episode
+
+    tokenizer = toks[shape]
+    history = tuple(tuple(tokenizer.encode(text, add_special_tokens=False)) for text in task.framed(ws))
+    query_ids = tuple(prompt_ids(tokenizer, query.prefix, query.suffix))
+    return Episode(history, query_ids, (value_id(tokenizer, query.value), tokenizer.eos_token_id), source=ws.source)
+
+
+def episodes(toks: dict[str, Any], rng: random.Random, n: int, max_k: int) -> list[Any]:
+    out = []
+    while len(out) < n:
+        ws = random_workspace(rng, max_k)
+        for query in ws.queries[:2]:
+            out.append(episode(toks, ws, query, rng.choice(SHAPES)))
+    return out[:n]
+
+
+def train_options(episodes_n: int, lr: float, seed: int) -> Any:
+    """SEAM (contract 3): ``TrainOptions.rows/warmup_steps/schedule`` when the trainer branch lands
+    them (16 rows a step, cosine); until then one episode a step, the product's default."""
+    from memory.training import TrainOptions
+
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    if {"rows", "warmup_steps", "schedule"} <= fields:
+        rows = 16
+        steps = max(1, episodes_n // rows)
+        return TrainOptions(steps=steps, rows=rows, warmup_steps=50, schedule="cosine", lr=lr, seed=seed,
+                            write_chunk_tokens=WRITE_CHUNK_TOKENS, eval_every=steps, progress=False)
+    return TrainOptions(steps=episodes_n, lr=lr, seed=seed, write_chunk_tokens=WRITE_CHUNK_TOKENS, eval_every=episodes_n,
+                        progress=False)
+
+
+def train_adapter(out: Path, variant: str, toks: dict[str, Any], recipe: Recipe, seed: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import memory
+    from memory.training import train
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "backbone", dtype=torch.float32).eval()
+    torch.manual_seed(seed)
+    mem = memory.attach(model, memory.DeltaMemConfig(**VARIANTS[variant]))
+    rng = random.Random(seed * 31 + len(variant))
+    held_out = episodes(toks, random.Random(seed * 31 + 7), 24, recipe.max_k)
+    start, stages = time.perf_counter(), []
+    for k_max, n in recipe.adapter_episodes:
+        summary = train(mem, episodes(toks, rng, n, k_max), held_out, train_options(n, recipe.adapter_lr, seed),
+                        output=out / f"adapter-{variant}", base_model_id=str(out / "backbone"), data="served_task")
+        stages.append({"max_k": k_max, "episodes": n, "eval_loss_memory": summary["eval_loss_memory"],
+                       "eval_loss_no_memory": summary["eval_loss_no_memory"]})
+        log.info("%s: K <= %d, %d episodes: held-out loss %.3f with memory, %.3f without (%.0fs)", variant, k_max, n,
+                 summary["eval_loss_memory"], summary["eval_loss_no_memory"], time.perf_counter() - start)
+    return {"stages": stages, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def weights_sha256(directory: Path) -> str:
+    return hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+
+
+def build_model(out: Path, seed: int, quick: bool = False, recipe: Recipe | None = None) -> dict[str, Any]:
+    """Contract 4: write ``out/backbone`` (+ ``backbone-chat``) and ``out/adapter-<variant>``; returns
+    what was done (the backbone's (c), the adapters' losses, seconds, the backbone's sha256)."""
+    recipe = recipe or (QUICK if quick else Recipe())
+    out = Path(out)
+    toks = tokenizers(out, seed)
+    model = build_backbone(len(toks["fim"]), seed)
+    info: dict[str, Any] = {"recipe": dataclasses.asdict(recipe), "backbone": train_backbone(model, toks, recipe, seed)}
+    model.save_pretrained(out / "backbone")
+    model.save_pretrained(out / "backbone-chat")
+    frozen = weights_sha256(out / "backbone")
+    info["adapters"] = {variant: train_adapter(out, variant, toks, recipe, seed) for variant in recipe.variants}
+    if weights_sha256(out / "backbone") != frozen:
+        raise RuntimeError("the backbone changed while the adapters trained")
+    info["backbone_sha256"] = frozen
+    return info
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(json.dumps(build_model(args.out, args.seed, args.quick), indent=1))

@@ -1,0 +1,382 @@
+"""``dmem-lsp demo``: the main job seen on a laptop, on the CPU, with nothing downloaded.
+
+Each step is printed (stdout) as it happens; logs, and the server's own stderr, go to stderr.
+
+1. the model (``demo_model``): built once per recipe into the user cache dir, then reused;
+2. the workspace: a small project in the cache dir, its convention file not there yet;
+3. the real server, a ``dmem-lsp`` subprocess over stdio as an editor starts it, completes
+   the documents with memory empty: the no-memory answers;
+4. the convention file appears; the server writes it into memory (its ``dmem/memory``
+   events are shown as they come) and the same documents are completed again, the
+   conventions in memory only, never in the prompt;
+5. the server restarts: memory comes back from disk, the answers are identical;
+6. ``dmem-lsp --reset-memory`` (the command a user types, carried out by the running server)
+   empties it: the answers are the no-memory ones again.
+
+Ctrl-C stops the demo and its server (SIGTERM, then SIGKILL). This process imports torch
+only to build the model; the servers are subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from .learning import MEMORY_EVENT
+from .protocol import as_json
+from .server import STATUS
+
+__all__ = ["run_demo"]
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 300.0
+"""Seconds any one wait on the server may take (it imports torch and loads the model)."""
+OPTIONS = {"completion": {"debounceMs": 0, "maxTokens": 8}, "memory": {"saveDebounceMs": 0}}
+SERVER = [sys.executable, "-m", "dmem_lsp"]
+
+
+class DemoError(Exception):
+    """The demo cannot go on (the message says why)."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo() -> int:
+    """The whole demo; 0 when memory recalled (or, untrained, changed), persisted and reset as it should."""
+    from .demo_model import RECIPE, RecipeError
+
+    started = time.monotonic()
+    say("dmem-lsp demo: δ-mem memory in the real server, on a small model, on the CPU, offline.")
+    cache = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo"
+    try:
+        model, adapter = RECIPE.model(cache, say)
+        workspace = prepare_workspace(RECIPE.workspace, cache / RECIPE.name / "workspace")
+        outcome = asyncio.run(Demo(RECIPE, model, adapter, workspace).run())
+    except KeyboardInterrupt:
+        print("\ndmem-lsp demo: stopped (Ctrl-C); its server was stopped too", file=sys.stderr, flush=True)
+        return 130
+    except (DemoError, RecipeError) as error:
+        print(f"dmem-lsp demo: {error}", file=sys.stderr, flush=True)
+        return 1
+    say(f"\nDone in {time.monotonic() - started:.0f} s.")
+    return 0 if outcome else 1
+
+
+# -- step 2: the workspace ----------------------------------------------------------------
+
+
+def prepare_workspace(spec: Any, root: Path) -> Path:
+    """The demo's project at ``root``, as the spec has it, with no convention file yet."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".git").mkdir(exist_ok=True)  # a project root, as an editor finds one
+    for relative in spec.conventions:
+        (root / relative).unlink(missing_ok=True)
+    for relative, text in {**spec.files, **{q.path: q.text for q in spec.queries}}.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    from . import memory_cli
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        memory_cli.reset_memory(root, None)  # what an interrupted run left (no memory yet: nothing to do)
+    say(f"[2/6] workspace: {root}")
+    for query in spec.queries:
+        say(f"      {query.path}: {query.prefix.rsplit(chr(10), 1)[-1]}▌")
+    return root
+
+
+# -- the client -----------------------------------------------------------------------------
+
+
+class DemoClient(LanguageClient):
+    """An LSP client that shows the server's ``dmem/memory`` events as they come."""
+
+    def __init__(self) -> None:
+        super().__init__("dmem-lsp-demo", "1")
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+        @self.feature(STATUS)
+        def on_status(client: LanguageClient, params: Any) -> None:
+            self.statuses.append(as_json(params))
+            self.changed.set()
+
+        @self.feature(MEMORY_EVENT)
+        def on_memory(client: LanguageClient, params: Any) -> None:
+            event = as_json(params)
+            self.events.append(event)
+            self.changed.set()
+            shown = describe(event)
+            if shown:
+                say(f"      dmem/memory: {shown}")
+
+        @self.feature(types.WINDOW_SHOW_MESSAGE)
+        def on_message(client: LanguageClient, params: types.ShowMessageParams) -> None:
+            level = logging.WARNING if params.type <= types.MessageType.Warning else logging.INFO
+            log.log(level, "server: %s", params.message)
+
+        @self.feature(types.WINDOW_LOG_MESSAGE)
+        def on_log(client: LanguageClient, params: types.LogMessageParams) -> None:
+            log.info("server: %s", params.message)
+
+    async def wait_for(self, what: str, match: Callable[[list], Any], timeout: float = TIMEOUT) -> Any:
+        """The first truthy ``match(...)`` of what was received so far, waiting for more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = match(self)
+            if found:
+                return found
+            if self.stopped:
+                raise DemoError(f"the server exited while the demo waited for {what} (its log is above)")
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DemoError(f"no {what} from the server within {timeout:.0f} s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+
+    async def server_exit(self, server: asyncio.subprocess.Process) -> None:
+        self.changed.set()
+
+
+def describe(event: dict[str, Any]) -> str:
+    kind = event.get("event")
+    if kind == "written":
+        return f"written {event.get('source')} into {event.get('store')} ({event.get('written')} tokens)"
+    if kind == "saved":
+        tokens = ", ".join(f"{store} {n}" for store, n in sorted(event.get("tokens", {}).items()) if n)
+        return f"saved to disk (tokens: {tokens or 'none'})"
+    if kind == "reset":
+        return f"reset {', '.join(event.get('stores', []))}"
+    if kind in ("skipped", "refused", "unsaved"):
+        return f"{kind} {event.get('source', '')}: {event.get('reason', '')}".replace("  ", " ")
+    return ""
+
+
+# -- steps 3 to 6 ---------------------------------------------------------------------------
+
+
+class Demo:
+    def __init__(self, recipe: Any, model: Path, adapter: Path, workspace: Path) -> None:
+        self.recipe, self.workspace = recipe, workspace
+        self.spec = recipe.workspace
+        self.args = ["--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.client: DemoClient | None = None
+
+    async def run(self) -> bool:
+        try:
+            return await self._steps()
+        finally:
+            await self.stop_server(quick=True)
+
+    async def _steps(self) -> bool:
+        say("[3/6] the server, memory empty:")
+        await self.start_server()
+        before = await self.ask_all("no memory")
+
+        say(f"[4/6] {', '.join(self.spec.conventions)} appears in the workspace; the server writes it into memory:")
+        seen = len(self.client.events)
+        for relative, text in self.spec.conventions.items():
+            (self.workspace / relative).write_text(text, encoding="utf-8")
+        for relative in self.spec.conventions:
+            await self.client.wait_for(f"the write of {relative}", lambda c, r=relative: written(c.events[seen:], r))
+        await self.client.wait_for("the save", lambda c: saved_after(c.events[seen:]))
+        state = await self.conventions_state()
+        say(f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}, in {state['directory']}")
+        say("      the same documents, the conventions in memory only:")
+        recalled = await self.ask_all("memory", before)
+
+        say("[5/6] restart: the server ends (shutdown, exit) and a new one loads the memory from disk:")
+        await self.stop_server()
+        await self.start_server()
+        again = await self.conventions_state()
+        state.pop("directory"), again.pop("directory")
+        say(
+            f"      conventions store: {again['tokens']} tokens, state sha256 {again['sha256'][:16]}"
+            f" ({'the same' if again == state else 'NOT the same'} as before the restart)"
+        )
+        after_restart = await self.ask_all("restarted", recalled)
+
+        command = ["dmem-lsp", "--reset-memory", "--workspace", str(self.workspace)]
+        say(f"[6/6] reset: $ {' '.join(command)}")
+        seen = len(self.client.events)
+        await self.reset_from_a_terminal()
+        await self.client.wait_for("the reset", lambda c: any(e.get("event") == "reset" for e in c.events[seen:]))
+        after_reset = await self.ask_all("reset", before)
+        await self.stop_server()
+        return self.verdict(before, recalled, after_restart, after_reset, again == state)
+
+    def verdict(self, before: list[str], recalled: list[str], restarted: list[str], reset: list[str], same: bool) -> bool:
+        n = len(before)
+        hits = sum(recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before))
+        changed = sum(a != b for a, b in zip(recalled, before))
+        identical = sum(a == b for a, b in zip(restarted, recalled))
+        gone = sum(a == b for a, b in zip(reset, before))
+        say("")
+        if self.recipe.trained:
+            say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")
+        else:
+            say(
+                f"recall:      memory changed {changed}/{n} answers; the {self.recipe.name} model is a stand-in, "
+                "never trained to recall, so the values are not the conventions"
+            )
+        say(f"persistence: {identical}/{n} answers identical after the restart; state {'identical' if same else 'CHANGED'}")
+        say(f"reset:       {gone}/{n} answers back to the no-memory ones")
+        remembered = hits == n if self.recipe.trained else changed > 0
+        return remembered and identical == n and same and gone == n
+
+    # -- the server ----------------------------------------------------------------------
+
+    async def start_server(self) -> None:
+        began = time.monotonic()
+        self.client = client = DemoClient()
+        # a session of its own: the terminal's Ctrl-C reaches the demo, which stops the server
+        await client.start_io(*SERVER, *self.args, env=self.env, start_new_session=True)
+        process = client._server  # pygls keeps the process here; its stderr is piped
+        self.stderr = asyncio.ensure_future(forward(process.stderr))
+        say(f"      $ dmem-lsp {' '.join(self.args)}   (pid {process.pid}, stdio)")
+        params = types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options=OPTIONS,
+            root_uri=self.workspace.as_uri(),
+            workspace_folders=[types.WorkspaceFolder(uri=self.workspace.as_uri(), name=self.workspace.name)],
+        )
+        await asyncio.wait_for(client.initialize_async(params), TIMEOUT)
+        client.initialized(types.InitializedParams())
+        status = await client.wait_for("a ready model", lambda c: next((s for s in c.statuses if s["state"] in ("ready", "error")), None))
+        if status["state"] == "error":
+            raise DemoError(f"the server could not load the demo model: {status['message']}")
+        opened = await client.wait_for("the workspace's memory", lambda c: next((e for e in c.events if e["event"] in ("opened", "refused")), None))
+        if opened["event"] == "refused" or opened.get("readOnly"):
+            raise DemoError(f"the server did not open the demo workspace's memory: {opened}")
+        say(f"      ready in {time.monotonic() - began:.1f} s")
+
+    async def stop_server(self, quick: bool = False) -> None:
+        """shutdown and exit, as an editor ends it; SIGTERM, then SIGKILL, when it does not end."""
+        client, self.client = self.client, None
+        if client is None:
+            return
+        process = client._server
+        try:
+            if not quick and process.returncode is None:
+                await asyncio.wait_for(client.shutdown_async(None), 60)
+                client.exit(None)
+                await asyncio.wait_for(process.wait(), 30)
+        except (asyncio.TimeoutError, RuntimeError, ConnectionError) as error:
+            log.warning("the server did not end when asked (%s): stopping it", error or type(error).__name__)
+        finally:
+            await end(process)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.stop(), 10)
+            await asyncio.wait_for(self.stderr, 10)
+
+    async def reset_from_a_terminal(self) -> None:
+        """``dmem-lsp --reset-memory``: with a server running, the server carries it out."""
+        process = await asyncio.create_subprocess_exec(
+            *SERVER, "--reset-memory", "--workspace", str(self.workspace),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+        finally:
+            await end(process)
+        for line in output.decode(errors="replace").splitlines():
+            say(f"      {line}")
+        if process.returncode != 0:
+            raise DemoError(f"dmem-lsp --reset-memory failed (exit {process.returncode})")
+
+    async def conventions_state(self) -> dict[str, Any]:
+        params = types.ExecuteCommandParams(command="dmem.memoryStatus", arguments=[self.workspace.as_uri()])
+        result = as_json(await asyncio.wait_for(self.client.workspace_execute_command_async(params), TIMEOUT))
+        (folder,) = result["folders"]
+        store = folder["stores"]["conventions"]
+        return {"tokens": store["tokens"], "sha256": store["sha256"], "directory": folder["directory"]}
+
+    async def ask_all(self, label: str, compare: list[str] | None = None) -> list[str]:
+        answers = []
+        for i, query in enumerate(self.spec.queries):
+            answer = await self.ask(query)
+            answers.append(answer)
+            note = ""
+            if label == "memory":
+                hit = recalls(query, answer)
+                note = ("recalled ✓" if hit else "not recalled ✗") if self.recipe.trained else (
+                    "changed by memory" if answer != compare[i] else "unchanged"
+                )
+            elif label == "restarted":
+                note = "identical ✓" if answer == compare[i] else "DIFFERENT ✗"
+            elif label == "reset":
+                note = "the no-memory answer ✓" if answer == compare[i] else "NOT the no-memory answer ✗"
+            say(f"      {label:>10}  {query.prefix.rsplit(chr(10), 1)[-1]}▌ → {answer!r}  {note}".rstrip())
+        return answers
+
+    async def ask(self, query: Any) -> str:
+        """Open the document and ask for the ghost text at its end, as an editor does."""
+        uri = (self.workspace / query.path).as_uri()
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=query.text))
+        )
+        lines = query.prefix.split("\n")
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+        try:
+            result = await asyncio.wait_for(self.client.text_document_inline_completion_async(params), TIMEOUT)
+        finally:
+            self.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
+        items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+        text = items[0].insert_text if items else ""
+        return text if isinstance(text, str) else text.value
+
+
+def recalls(query: Any, answer: str) -> bool:
+    return answer.strip().startswith(query.expected)
+
+
+def written(events: list[dict[str, Any]], source: str) -> bool:
+    return any(e.get("event") == "written" and e.get("source") == source for e in events)
+
+
+def saved_after(events: list[dict[str, Any]]) -> bool:
+    last_write = max((i for i, e in enumerate(events) if e.get("event") == "written"), default=None)
+    return last_write is not None and any(e.get("event") == "saved" for e in events[last_write:])
+
+
+async def forward(stream: asyncio.StreamReader) -> None:
+    """The server's stderr (its log) onto ours, line by line, until it closes."""
+    while line := await stream.readline():
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+
+
+async def end(process: asyncio.subprocess.Process) -> None:
+    """Stop ``process`` if it still runs: SIGTERM (the server saves), then SIGKILL."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 10)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
