@@ -51,17 +51,18 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def lock_holder(files: WorkspaceStore) -> int | None:
+    """The pid of the server that took ``files``' lock (it has loaded the model and opened the
+    folder; it may have ended since), or None while no server has."""
+    try:
+        return int(files.lock_path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def server_pid(files: WorkspaceStore, timeout: float, diagnose: Callable[[], str] = lambda: "") -> int:
-    """The pid of the server that took ``files``' lock: it has loaded the model and opened the
-    folder (it may have ended since: the editor can quit before this looks)."""
-
-    def holder() -> int | None:
-        try:
-            return int(files.lock_path.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    return until(holder, f"a server to open the memory of {files.root}", timeout, diagnose)
+    """Wait for a server to open the folder's memory: its pid (see ``lock_holder``)."""
+    return until(lambda: lock_holder(files), f"a server to open the memory of {files.root}", timeout, diagnose)
 
 
 def changes_received(log: Path) -> int:

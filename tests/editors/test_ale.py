@@ -27,7 +27,7 @@ from tests.editors.plain_clients import (
     server_command,
     workspace,  # noqa: F401 (a fixture)
 )
-from tests.editors.quitting import assert_edit_saved, changes_received, memory_files, server_pid, until, wait_for_exit
+from tests.editors.quitting import assert_edit_saved, changes_received, lock_holder, memory_files, until, wait_for_exit
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -145,14 +145,25 @@ def test_an_edit_made_just_before_wq_is_on_disk(workspace, tmp_path, talkative_m
     log = tmp_path / "dmem-lsp.log"
     files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
     with _vim(workspace, tmp_path, talkative_model, talkative_adapter, log) as (child, _):
-        pid = server_pid(files, EDITOR_TIMEOUT, lambda: _log_tail(log))
+        # each wait reads what Vim draws: Vim stops (in write) when its terminal is not read
+        what = "a server to open the folder's memory"
+        pid = until(lambda: _drain(child) or lock_holder(files), what, EDITOR_TIMEOUT, lambda: _log_tail(log))
         child.send("Goprint(add(1, 2))\x1b")  # leaving insert mode, ALE sends the change
-        until(lambda: changes_received(log), "the server to receive the edit", EDITOR_TIMEOUT, lambda: _log_tail(log))
+        what = "the server to receive the edit"
+        until(lambda: _drain(child) or changes_received(log), what, EDITOR_TIMEOUT, lambda: _log_tail(log))
         child.send(":wq\r")
         child.expect(pexpect.EOF)
     wait_for_exit(pid, EDITOR_TIMEOUT, lambda: _log_tail(log))
     assert (workspace / "main.py").read_text(encoding="utf-8").endswith("print(add(1, 2))\n")
     assert_edit_saved(files, "main.py")
+
+
+def _drain(child) -> None:
+    """Read what Vim wrote to its terminal so far (into the screen log), without waiting."""
+    try:
+        child.read_nonblocking(1 << 16, timeout=0)
+    except pexpect.TIMEOUT:
+        pass
 
 
 def _log_tail(log: Path) -> str:

@@ -194,7 +194,8 @@ const ghostText = () =>
   [...document.querySelectorAll('.ghost-text-decoration, .ghost-text')].map((e) => e.textContent).join('').replace(/\u00a0/g, ' ');
 const statusText = () => [...document.querySelectorAll('.statusbar-item')].map((e) => e.textContent).find((t) => /\bdmem\b/.test(t)) ?? '';
 const requests = (method) => (read(paths.serverLog).match(new RegExp(`Request '${method}' received`, 'g')) ?? []).length;
-const changes = () => read(paths.serverLog).split("Notification 'textDocument/didChange' received").length - 1;
+const notifications = (method) => read(paths.serverLog).split(`Notification '${method}' received`).length - 1;
+const changes = () => notifications('textDocument/didChange');
 
 async function chord(page, modifier, key) {
   await page.keyboard.down(modifier);
@@ -259,6 +260,7 @@ async function drive(page, url) {
   await chord(page, 'Control', 'KeyS');
   const saved = config.source + config.typed + config.expected;
   await until(() => read(file) === saved, `main.py saved as ${JSON.stringify(saved)} (it holds ${JSON.stringify(read(file))})`);
+  await until(() => notifications('textDocument/didSave') > 0, 'the server to receive didSave');
 
   const first = config.expected.trim().split('\n')[0];
   const offered = [...(await page.evaluate(() => window.__dmemSuggestions)), ...popup.rows].filter((row) => row.includes(first));
