@@ -148,6 +148,8 @@ class Learner:
         self.observer: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._edits: dict[str, asyncio.TimerHandle] = {}
+        self._writing: set[asyncio.Future[Any]] = set()
+        """Edits being written (a ``didSave`` or a debounce began them): shutdown waits for them."""
         self._disk: dict[Path, asyncio.TimerHandle] = {}
         self._requests: set[Path] = set()
         self.baselines: dict[str, str] = {}
@@ -308,12 +310,15 @@ class Learner:
             memory.watches.append(self.observer.schedule(watcher, str(memory.files.requests_dir), recursive=False))
 
     async def shutdown(self) -> None:
-        """Write the edits still waiting for their debounce, then save and close every folder."""
+        """Write the edits still waiting for their debounce, wait for those being written (a
+        ``didSave`` just before the client quit), then save and close every folder."""
         for uri in list(self._edits):
             try:
                 await self.flush_edit(uri)
             except Exception:  # one document failing is no reason to lose the others
                 log.exception("could not write the last edit of %s", uri)
+        while self._writing:
+            await asyncio.wait(set(self._writing))  # each one logs its own failure
         for root in list(self.folders):
             await self.close(root)
         if self.observer is not None:
@@ -569,7 +574,15 @@ class Learner:
         self._edits[uri] = self.loop.call_later(delay, lambda: self._spawn(self.flush_edit(uri)))
 
     async def flush_edit(self, uri: str, closing: bool = False) -> None:
-        """Write the document's changes since its last write, as one diff."""
+        """Write the document's changes since its last write, as one diff. It goes on when the
+        caller is cancelled, and ``shutdown`` waits for it: the client may quit meanwhile."""
+        task = asyncio.ensure_future(self._flush_edit(uri, closing))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+        task.add_done_callback(log_failure)
+        await asyncio.shield(task)
+
+    async def _flush_edit(self, uri: str, closing: bool) -> None:
         handle = self._edits.pop(uri, None)
         if handle is not None:
             handle.cancel()

@@ -184,6 +184,20 @@ class DmemProtocol(LanguageServerProtocol):
         self.shutdown_requested = False
         """Set when ``shutdown`` arrives: from then on only ``exit`` is accepted."""
         self._salvaged: set[int | str] = set()
+        self.client_gone = False
+        """Set when writing to the client failed (it quit): nothing more is sent."""
+
+    def _send_data(self, data: Any) -> None:
+        """Send ``data``, unless the client has gone: once its end of the pipe is closed, what
+        is left to do (saving memory as the client quits) must not be broken off by messages
+        that can no longer arrive."""
+        if self.client_gone:
+            return
+        try:
+            super()._send_data(data)
+        except BrokenPipeError:
+            self.client_gone = True
+            log.info("the client has gone: nothing more is sent to it")
 
     # -- what the reader hands over ---------------------------------------------------------
 

@@ -9,7 +9,9 @@ in ``features.py``.
 
 However the client goes, what memory acknowledged is saved before the process ends:
 ``shutdown``, ``exit`` (also right after ``shutdown``: it waits for that save), the client
-closing stdin (Vim/ALE and Emacs send no ``shutdown``), SIGTERM, SIGINT and SIGHUP.
+closing stdin (Vim/ALE and Emacs send no ``shutdown``), SIGTERM, SIGINT and SIGHUP (after a
+signal, what the client wrote before it is handled first: Vim and Emacs signal, then close
+stdin). Edits being written then are waited for.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ REPORT_EVERY = 8
 MAX_UNOPENED_BYTES = 4 * 2**20
 """The largest file read from disk for a request about a document the editor did not open (4 MiB)."""
 
+SIGNAL_GRACE_S = 1.0
+"""After SIGTERM, SIGINT or SIGHUP, how long the server waits for the client to close stdin
+before it saves and leaves. Vim and Emacs close it right after the signal, and what they wrote
+before (the last ``didChange``, a ``didSave``) may still be unread in the pipe: it is handled first."""
+
 
 class RequestFailed(JsonRpcException):
     """LSP's RequestFailed: the request was valid but could not be served."""
@@ -87,6 +94,8 @@ class DmemServer(LanguageServer):
         self._load_task: asyncio.Task[None] | None = None
         self._latest: dict[str, asyncio.Task[Any]] = {}
         self._closing: asyncio.Future[None] | None = None
+        self._input_ended: asyncio.Event | None = None
+        """Set once everything the client wrote to stdin has been handled (start_io)."""
         self.learner = Learner(self)
 
     # -- settings -----------------------------------------------------------------------
@@ -360,12 +369,14 @@ class DmemServer(LanguageServer):
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
 
         async def main() -> None:
+            self._input_ended = asyncio.Event()
             self.catch_signals()
             read = stdin_chunks(stdin or sys.stdin.buffer)
             try:
                 await serve(read, self.protocol.receive_frame, self.protocol.receive_junk, self._stop_event)
             except BrokenPipeError:
                 pass
+            self._input_ended.set()
             await self.leave("the client closed stdin")  # Vim/ALE and Emacs send no shutdown
 
         try:
@@ -430,6 +441,17 @@ class DmemServer(LanguageServer):
         await self.close()
         self.exit_process(0)
 
+    async def leave_on_signal(self, name: str) -> None:
+        """Leave once what the client wrote before the signal is handled: at stdin's end, or
+        after ``SIGNAL_GRACE_S`` if the client keeps it open."""
+        if self._input_ended is not None and not self._input_ended.is_set():
+            log.info("%s: handling what the client sent before leaving", name)
+            try:
+                await asyncio.wait_for(self._input_ended.wait(), SIGNAL_GRACE_S)
+            except asyncio.TimeoutError:
+                pass
+        await self.leave(name)
+
     def catch_signals(self) -> None:
         """SIGTERM, SIGINT and SIGHUP: leave as at stdin's end (a second one while saving waits for the same save)."""
         loop = asyncio.get_running_loop()
@@ -437,7 +459,7 @@ class DmemServer(LanguageServer):
             if number is None:
                 continue
             try:
-                loop.add_signal_handler(number, lambda name=number.name: asyncio.ensure_future(self.leave(name)))
+                loop.add_signal_handler(number, lambda name=number.name: asyncio.ensure_future(self.leave_on_signal(name)))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
                 pass
 

@@ -3,6 +3,8 @@ as a subprocess over raw pipes, real signals, real files, a real file-size limit
 
 - stdin closed (Vim/ALE, Emacs), SIGTERM, SIGINT, SIGHUP, ``exit`` right after ``shutdown``
   (Neovim): an acknowledged debug step and an edit still waiting for its debounce are on disk;
+- a signal right after the last edit and ``didSave``, then stdin closed (Vim's ``:wq``): the
+  edit is on disk;
 - a file opened while the model loads: its first edit is written;
 - a reset during a long write wins;
 - a full disk (RLIMIT_FSIZE: writes fail with EFBIG as on a full one): the user is told, in
@@ -104,6 +106,25 @@ def test_acknowledged_memory_is_on_disk_however_the_client_goes(args, tmp_path, 
             server.process.kill()
     saved = WorkspaceStore(workspace).read_saved()
     assert saved.tokens["debug"] == tokens and torch.count_nonzero(saved.states["debug"])
+    assert saved.tokens.get("edits", 0) > 0 and torch.count_nonzero(saved.states["edits"]), "the last edit was lost"
+
+
+@pytest.mark.parametrize("signal_", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM (Vim)", "SIGHUP (Emacs)"])
+def test_what_the_client_wrote_just_before_its_signal_is_saved(args, tmp_path, workspace, signal_):
+    """Vim's ``:wq``: the last change and ``didSave`` are written, then at once the signal, then
+    stdin closes. The signal may come before the server has read them: they are handled first."""
+    server, _ = start(args, tmp_path, workspace, SLOW)
+    try:
+        uri = (workspace / "src" / "app.py").as_uri()
+        edit(server, uri, APP + "\n\ndef sub(a, b):\n    return a - b\n")
+        server.notify("textDocument/didSave", {"textDocument": {"uri": uri}})
+        server.process.send_signal(signal_)
+        server.process.stdin.close()
+        assert server.process.wait(timeout=TIMEOUT) == 0, stderr(server)[-2000:]
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    saved = WorkspaceStore(workspace).read_saved()
     assert saved.tokens.get("edits", 0) > 0 and torch.count_nonzero(saved.states["edits"]), "the last edit was lost"
 
 

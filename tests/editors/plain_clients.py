@@ -37,8 +37,10 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def server_command(model: Path, adapter: Path) -> list[str]:
-    return [sys.executable, "-m", "dmem_lsp", "--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
+def server_command(model: Path, adapter: Path, log: Path | None = None) -> list[str]:
+    """The README's server command with a tiny model; with ``log``, every message is logged there."""
+    command = [sys.executable, "-m", "dmem_lsp", "--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
+    return command + (["--log-file", str(log), "-vv"] if log else [])
 
 
 def editor_env(home: Path) -> dict[str, str]:

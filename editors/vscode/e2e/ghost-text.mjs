@@ -1,10 +1,12 @@
 // Real VS Code (code-server) in headless Chromium with the packaged extension and the real
 // dmem-lsp: typing shows ghost text, Tab inserts it, the server learns it (an "accepted
-// completion" written into memory), and no suggest popup ever offers it.
+// completion" written into memory), and no suggest popup ever offers it. Then, with
+// `lastEdit`, one more edit, not saved, and the user goes: the window closes and code-server
+// is stopped (SIGTERM) as soon as the server has the edit (the test then checks the disk).
 //
 // Run with Node 24 (code-server's): node ghost-text.mjs, configured by one environment
 // variable, DMEM_E2E (JSON; tests/editors/test_code_server.py writes it):
-//   { dir, vsix, chromium, server: [command, ...args], source, typed, expected, timeoutMs }
+//   { dir, vsix, chromium, server: [command, ...args], source, typed, expected, timeoutMs, lastEdit? }
 // `dir` is a fresh directory for everything (HOME, user data, extensions, workspace, logs);
 // nothing is reached outside 127.0.0.1. Every wait has a timeout; the whole run has another.
 // Progress goes to stderr; on failure the reason and the logs' tails, exit code 1.
@@ -192,6 +194,8 @@ const ghostText = () =>
   [...document.querySelectorAll('.ghost-text-decoration, .ghost-text')].map((e) => e.textContent).join('').replace(/\u00a0/g, ' ');
 const statusText = () => [...document.querySelectorAll('.statusbar-item')].map((e) => e.textContent).find((t) => /\bdmem\b/.test(t)) ?? '';
 const requests = (method) => (read(paths.serverLog).match(new RegExp(`Request '${method}' received`, 'g')) ?? []).length;
+const notifications = (method) => read(paths.serverLog).split(`Notification '${method}' received`).length - 1;
+const changes = () => notifications('textDocument/didChange');
 
 async function chord(page, modifier, key) {
   await page.keyboard.down(modifier);
@@ -256,12 +260,26 @@ async function drive(page, url) {
   await chord(page, 'Control', 'KeyS');
   const saved = config.source + config.typed + config.expected;
   await until(() => read(file) === saved, `main.py saved as ${JSON.stringify(saved)} (it holds ${JSON.stringify(read(file))})`);
+  await until(() => notifications('textDocument/didSave') > 0, 'the server to receive didSave');
 
   const first = config.expected.trim().split('\n')[0];
   const offered = [...(await page.evaluate(() => window.__dmemSuggestions)), ...popup.rows].filter((row) => row.includes(first));
   assert.deepEqual(offered, [], 'a suggest popup offered the completion');
   assert.ok(requests('textDocument/inlineCompletion') > 0, 'VS Code asked for inline completions');
   assert.equal(requests('textDocument/completion'), 0, 'VS Code asked for a completion popup too');
+}
+
+/** One more edit, unsaved; once the server has it, close the window and stop code-server. */
+async function editAndQuit(page, browser, server) {
+  const before = changes();
+  await chord(page, 'Control', 'End');
+  await page.keyboard.sendCharacter(config.lastEdit); // one input event: one change
+  await until(() => changes() > before, 'the server to receive the last edit');
+  say('the server has the last edit; closing the window, then stopping code-server');
+  await browser.close();
+  const exited = new Promise((resolve) => server.child.once('exit', (code, signal) => resolve(code ?? signal)));
+  server.child.kill('SIGTERM');
+  say(`code-server exited (${await within(exited, 'code-server to exit after SIGTERM')})`);
 }
 
 async function main() {
@@ -282,6 +300,10 @@ async function main() {
     await (await page.createCDPSession()).send('Emulation.setFocusEmulationEnabled', { enabled: true });
     await drive(page, server.url);
     say('ghost text shown, accepted with Tab, learned; no popup');
+    if (config.lastEdit) {
+      await editAndQuit(page, browser, server);
+      say('edited and quit');
+    }
   } catch (error) {
     await page?.screenshot({ path: dir('failure.png') }).catch(() => undefined);
     throw error;
