@@ -24,7 +24,7 @@ from dmem_lsp import texts
 from dmem_lsp.workspace_episodes import WorkspaceOptions, workspace_episodes
 from memory.episodes import Episode
 from memory.training import episode_tensors
-from tests.dmem_lsp.lsp import server_env, start, stop, wait_for_memory, wait_for_status
+from tests.dmem_lsp.lsp import server_env, start, stop, wait_for_status
 from tests.dmem_lsp.test_memory_server import disk_states, settled, written
 from tests.memory.helpers import strengthen
 from tests.tiny_models import load_tiny_model
