@@ -94,7 +94,7 @@ def _prompt_line(model: str, adapter: str) -> str:
 
             shape, why = shape_reason(transformers.AutoTokenizer.from_pretrained(directory), None, why)
         except Exception as error:
-            return f"completion prompts: unknown, the tokenizer cannot be read ({error})"
+            return f"completion prompts: unknown, the tokenizer cannot be read ({' '.join(str(error).split())[:200]})"
     return f"completion prompts: {shape} ({why})"
 
 
