@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "CHAT_MODELS", "FIM_TOKENS", "MAX_CHARS_PER_TOKEN", "SHAPES", "Prompt", "completion_prompt", "explain_prompt", "is_multiline",
+    "CHAT_MODELS", "FIM_TOKENS", "MAX_CHARS_PER_TOKEN", "SHAPES", "Prompt", "completion_prompt", "explain_prompt",
+    "is_multiline",
     "prompt_shape", "recorded_shape", "shape_reason", "trim_suffix_overlap", "window",
 ]
 

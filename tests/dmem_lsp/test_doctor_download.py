@@ -130,7 +130,9 @@ def test_doctor_says_which_prompt_shape_completions_take_and_why(tmp_path, model
         result = run(tmp_path, "--model", model, "--adapter", adapter, "doctor")
         return next(text for text in result.stdout.splitlines() if text.startswith("completion prompts:"))
 
-    assert line(str(chat)) == 'completion prompts: chat (the adapter was trained on chat prompts (its config\'s "prompt"))'
+    assert line(str(chat)) == (
+        'completion prompts: chat (the adapter was trained on chat prompts (its config\'s "prompt"))'
+    )
     assert line(str(official)) == (
         "completion prompts: chat (an official δ-mem release adapter, trained on chat conversations)"
     )

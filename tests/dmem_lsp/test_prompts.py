@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dmem_lsp.prompts import (
-    completion_prompt, explain_prompt, is_multiline, recorded_shape, shape_reason, trim_suffix_overlap, window,
+    completion_prompt,
+    explain_prompt,
+    is_multiline,
+    recorded_shape,
+    shape_reason,
+    trim_suffix_overlap,
+    window,
 )
 from tests.tiny_models import save_tiny_tokenizer
 

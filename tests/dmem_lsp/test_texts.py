@@ -119,7 +119,9 @@ async def test_a_convention_file_is_written_by_the_server_as_in_training(served,
     torch.testing.assert_close(served["conventions"], ours, rtol=1e-4, atol=1e-6)
 
 
-async def test_an_edit_is_written_by_the_server_as_the_commit_is_in_training(served, repo, talkative_model, ssw_adapter):
+async def test_an_edit_is_written_by_the_server_as_the_commit_is_in_training(
+    served, repo, talkative_model, ssw_adapter
+):
     tokenizer = transformers.AutoTokenizer.from_pretrained(talkative_model)
     expected = texts.write_passes(tokenizer, texts.edit("src/app.py", texts.diff("src/app.py", OLD, NEW)), CHUNK)
     assert served["edit"]["written"] == sum(map(len, expected))

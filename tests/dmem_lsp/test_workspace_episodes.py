@@ -108,7 +108,8 @@ def test_queries_take_the_shape_trained_for_with_the_cursor_inside_the_file(repo
     assert tokenizer.decode(fim.target).startswith('    """The sum."""\n')
     assert tokenizer.decode(fim.query).startswith("<|fim_prefix|>def add(a, b):\n<|fim_suffix|>    return a + b")
     text = tokenizer.decode(chat.query)
-    assert text.startswith("<|im_start|>user\nComplete the code at <CURSOR>") and text.endswith("<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>user\nComplete the code at <CURSOR>")
+    assert text.endswith("<|im_start|>assistant\n")
     assert "def add(a, b):\n<CURSOR>    return a + b\n" in text
     with pytest.raises(ValueError, match="prompt='raw'"):
         WorkspaceOptions(prompt="raw")
