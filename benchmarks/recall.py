@@ -18,11 +18,14 @@ The run, all in one process unless said otherwise:
    episodes), then frozen and saved with ``save_pretrained``;
 2. δ-mem is attached with ``memory.attach`` (the product's code) and trained in episode
    mode: zero the state, write the history (a write pass), read every query of the episode
-   with the history absent (a read-only pass), cross-entropy on the answers. Only δ-mem's
-   parameters train (``memory.training.freeze_backbone``); the backbone is checked
-   bit-identical afterwards. A step trains on 16 episodes at once, each written into and
-   read from a state of its own (``Memory.reset(rows=16)``; the same loss as the episodes
-   one by one, tested). TSW, SSW (one segment per history line) and MSW (4 state heads) get
+   with the history absent (a read-only pass), cross-entropy on the answers, by the
+   library's trainer (``memory.training.train``, which ``dmem-lsp adapter train`` runs).
+   Only δ-mem's parameters train; the backbone is checked bit-identical afterwards. A step
+   trains on 16 episodes at once (``TrainOptions.rows``), each written into and read from a
+   state of its own (the same loss as the episodes one by one, tested in
+   tests/memory/test_batching.py), 50 steps of warm-up then a cosine decay, the episodes
+   in curriculum order (few facts first). TSW, SSW (<bos> and each history line one
+   segment) and MSW (4 state heads) get
    the same budget (2,400 steps, 38,400 episodes), each in a process of its own, ``--jobs``
    at a time (the frozen backbone is saved once and loaded by each);
 3. held-out episodes (never seen in training or early stopping) give the table: (a) the
@@ -50,10 +53,10 @@ validation episodes, never on the held-out ones.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import subprocess
@@ -68,11 +71,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import memory  # noqa: E402
-from memory.training import freeze_backbone  # noqa: E402
+from memory.episodes import Episode  # noqa: E402
+from memory.training import CURVE_CSV, TrainOptions, train  # noqa: E402
 
 log = logging.getLogger("recall")
 
@@ -155,8 +158,9 @@ class Story:
 
     @property
     def segments(self) -> list[int]:
-        """A segment id per history token: one segment per line (<bos> is not written)."""
-        return [-1, *(i for i, line in enumerate(self.lines) for _ in line)]
+        """A segment id per history token: <bos> one segment, then one per line (as
+        ``story_episode``'s pieces, which the trainer writes one segment each)."""
+        return [0, *(i + 1 for i, line in enumerate(self.lines) for _ in line)]
 
     def binding(self, vocab: Vocab) -> set[int]:
         """Keys whose family has another key in this episode holding another value."""
@@ -373,35 +377,19 @@ def write_history(mem: memory.Memory, story: Story) -> None:
         mem.model(input_ids=torch.tensor([story.history]), use_cache=False, logits_to_keep=1)
 
 
-def write_histories(mem: memory.Memory, stories: Sequence[Story]) -> None:
-    """Training: a zero state per episode (``reset(rows=B)``), then one write pass of every
-    history at once, row i into state i alone: the same states as ``write_history`` one by one."""
-    ids, mask = padded([s.history for s in stories])
-    segments = None
-    if mem.config.write == "segment":
-        segments = torch.full(ids.shape, -1, dtype=torch.long)
-        for row, story in enumerate(stories):
-            segments[row, : len(story.history)] = torch.tensor(story.segments)
-    mem.reset(rows=len(stories))
-    with mem.writing(STORE, segments=segments):
-        mem.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-
-
 def read_logits(mem: memory.Memory, vocab: Vocab, keys: Sequence[int]) -> torch.Tensor:
     """A read-only pass: one row ``<bos> ask <key> =`` per key, the history absent. [len(keys), V]"""
     rows = torch.tensor([query(vocab, key) for key in keys])
     return mem.model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1]
 
 
-def episodes_loss(mem: memory.Memory, vocab: Vocab, stories: Sequence[Story]) -> torch.Tensor:
-    """Write every history (independent rows), read every query of every episode from its own
-    episode's state, cross-entropy on the answers (the mean over queries)."""
-    write_histories(mem, stories)
-    mem.select_rows([row for row, story in enumerate(stories) for _ in story.facts])
-    keys, values = zip(*(fact for story in stories for fact in story.facts))
-    loss = F.cross_entropy(read_logits(mem, vocab, keys).float(), torch.tensor(values))
-    mem.reset()
-    return loss
+def story_episode(vocab: Vocab, story: Story) -> Episode:
+    """A story as the library's training episode: history pieces <bos> and then one per line
+    (one segment each under SSW), and every query of the story read from it."""
+    reads = tuple((tuple(query(vocab, key)), (value,)) for key, value in story.facts)
+    return Episode(
+        history=((1,), *story.lines), query=reads[0][0], target=reads[0][1], reads=reads[1:]
+    )
 
 
 @dataclass(frozen=True)
@@ -418,34 +406,35 @@ class MemoryOptions:
 
 
 def train_memory(
-    mem: memory.Memory, vocab: Vocab, validation: Sequence[Story], options: MemoryOptions, seed: int
+    mem: memory.Memory, vocab: Vocab, validation: Sequence[Story], options: MemoryOptions, seed: int, output: Path
 ) -> dict:
-    """Episode training through the product's ``Memory``: write the histories, read every query."""
-    params = freeze_backbone(mem)
+    """Episode training with the library's trainer (``memory.training.train``, what
+    ``dmem-lsp adapter train`` runs): ``batch`` independent rows per step, warm-up then a
+    cosine decay, the episodes in curriculum order (few facts first); the validation
+    episodes give the held-out loss of the curve. The adapter is written to ``output``."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / options.warmup, 0.5 * (1 + math.cos(math.pi * step / options.steps)))
+    stories = [
+        make_story(vocab, rng.randint(1, min(MAX_K, 2 + step // options.curriculum)), rng)
+        for step in range(1, options.steps + 1)
+        for _ in range(options.batch)
+    ]
+    train_options = TrainOptions(
+        steps=options.steps, lr=options.lr, rows=options.batch, warmup_steps=options.warmup, schedule="cosine",
+        shuffle=False, write_tokens=1 << 16, write_chunk_tokens=0, eval_every=options.eval_every, seed=seed,
+        progress=False,
     )
-    start, curve, running = time.perf_counter(), [], []
-    for step in range(1, options.steps + 1):
-        k_max = min(MAX_K, 2 + step // options.curriculum)  # few facts first
-        stories = [make_story(vocab, rng.randint(1, k_max), rng) for _ in range(options.batch)]
-        loss = episodes_loss(mem, vocab, stories)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        running.append(float(loss.detach()))
-        if step % options.eval_every == 0 or step == options.steps:
-            score = accuracy(validation, memory_predictions(mem, vocab, validation))
-            curve.append((step, round(sum(running) / len(running), 4), score))
-            log.info("%s step %d: loss %.3f, (b) on validation %.3f (%.0fs)", variant_name(mem.config), step,
-                     sum(running) / len(running), score, time.perf_counter() - start)
-            running = []
-    for param in params:
+    start = time.perf_counter()
+    train(
+        mem, [story_episode(vocab, s) for s in stories], [story_episode(vocab, s) for s in validation],
+        train_options, output, base_model_id="recall-benchmark",
+    )
+    with (output / CURVE_CSV).open() as f:
+        curve = [
+            (int(row["step"]), float(row["train_loss"] or "nan"), float(row["eval_loss_memory"]))
+            for row in csv.DictReader(f) if row["eval_loss_memory"]
+        ]
+    for param in mem.parameters():
         param.requires_grad_(False)
     return {
         "steps": options.steps, "episodes": options.steps * options.batch, "curve": curve,
@@ -455,10 +444,6 @@ def train_memory(
 
 TRAINING_ORDER = ("MSW", "TSW", "SSW")
 """Slowest first, so that parallel jobs end close together."""
-
-
-def variant_name(config: memory.DeltaMemConfig) -> str:
-    return next((name for name, c in VARIANTS.items() if c == config), "custom")
 
 
 @torch.no_grad()
@@ -684,7 +669,7 @@ def train_variant(name: str, workdir: Path, seed: int, plan: Plan) -> dict[str, 
     log.info("%s: attaching δ-mem (%s) and training it on episodes", name, VARIANTS[name])
     torch.manual_seed(seed)
     mem = memory.attach(model, VARIANTS[name])
-    info = train_memory(mem, vocab, episodes.memory_validation, plan.memory, seed)
+    info = train_memory(mem, vocab, episodes.memory_validation, plan.memory, seed, workdir / f"{name}-adapter")
     info["validation_b"] = accuracy(
         episodes.memory_validation, memory_predictions(mem, vocab, episodes.memory_validation)
     )

@@ -16,9 +16,11 @@ server's start-up stays fast. Errors are one line on stderr and a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     length.add_argument("--steps", type=int, help="optimizer steps")
     length.add_argument("--epochs", type=int, help="passes over the training episodes (default 1)")
     train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default %(default)s)")
-    train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="episodes per optimizer step (default 1)")
+    train.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                       help="micro-steps (of --rows episodes each) per optimizer step (default 1)")
+    train.add_argument("--rows", type=int, default=1, metavar="N",
+                       help="independent episodes per micro-step, written and read together in one batch, each "
+                            "with a state of its own (default %(default)s; more is faster where memory allows)")
+    train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                       help="the learning rate after warm-up (default %(default)s: decays to 0 at the last step)")
+    train.add_argument("--warmup-steps", type=int, metavar="N",
+                       help="steps of linear warm-up (default: 5%% of the steps, at most 100)")
+    train.add_argument("--prompt", dest="train_prompt", choices=("fim", "chat"),
+                       help="with --workspace: the completion prompt shape the episodes are asked in, recorded in "
+                            "the adapter so the server builds the same (default: the starting adapter's, else FIM "
+                            "when the tokenizer has the FIM tokens; use chat for an instruct model such as the "
+                            "default). Conversations (--data) are always chat"),
     train.add_argument("--write-tokens", type=int, default=1024, metavar="N",
                        help="history tokens written per episode, the last ones kept (default %(default)s)")
     train.add_argument("--write-chunk-tokens", type=int, default=256, metavar="N",
@@ -124,13 +139,16 @@ def _train(args: argparse.Namespace) -> int:
     from memory.training import TrainOptions, make_accelerator, train
 
     from .engine import Engine, EngineOptions
+    from .prompts import prompt_shape
     from .workspace_episodes import WorkspaceOptions, workspace_episodes
 
     options = TrainOptions(
         steps=args.steps, epochs=args.epochs, lr=args.lr, grad_accum=args.grad_accum, write_tokens=args.write_tokens,
         write_chunk_tokens=args.write_chunk_tokens, seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        progress=not args.no_progress,
+        progress=not args.no_progress, rows=args.rows, schedule=args.schedule, warmup_steps=args.warmup_steps or 0,
     )
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise ValueError(f"--warmup-steps {args.warmup_steps}: must not be negative")
     if args.data and not Path(args.data).is_file():
         raise ValueError(f"--data {args.data}: no such file")
     if args.resume and not Path(args.resume).is_dir():
@@ -152,13 +170,21 @@ def _train(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         mem = memory.attach(engine.model, config)
     if args.data:
+        if args.train_prompt == "fim":
+            raise ValueError("--prompt fim needs --workspace: conversations (--data) are chat prompts")
         episodes = read_conversations(args.data, engine.tokenizer)
-        source = f"conversations {args.data}"
+        source, shape = f"conversations {args.data}", "chat"
     else:
-        workspace = WorkspaceOptions(max_commits=args.max_commits)
+        shape = prompt_shape(engine.tokenizer, args.train_prompt or engine.active.prompt)
+        workspace = WorkspaceOptions(max_commits=args.max_commits, prompt=shape)
         episodes = workspace_episodes(args.train_workspace, engine.tokenizer, workspace)
         source = f"workspace {Path(args.train_workspace).resolve()} (git history)"
     train_episodes, held_out = split_episodes(episodes, args.eval_fraction, args.seed)
+    if args.warmup_steps is None:  # 5% of the run, at most 100 steps
+        per_step = options.grad_accum * options.rows * accelerator.num_processes
+        total = options.steps or (options.epochs or 1) * math.ceil(len(train_episodes) / per_step)
+        options = dataclasses.replace(options, warmup_steps=min(100, total // 20))
+    options = dataclasses.replace(options, prompt=shape)
     summary = train(
         mem, train_episodes, held_out, options, args.train_output, accelerator=accelerator, resume=args.resume,
         base_model_id=args.train_model, data=source, started_from=args.train_adapter,
@@ -176,6 +202,8 @@ def _describe(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(config, tensors, report): everything ``info`` shows, read through ``read_adapter``'s checks."""
     from memory.adapter_io import OFFICIAL_WEIGHTS_NAME, read_adapter, shapes_of
 
+    from .prompts import recorded_shape
+
     config, tensors, meta = read_adapter(path)
     official = meta.get("format") == "official"
     base = dict(meta.get("base_model") or {"id": None, "revision": None, "model_type": None, **shapes_of(tensors)})
@@ -190,6 +218,8 @@ def _describe(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         "parameters": sum(t.numel() for t in tensors.values()),
         "weights_sha256": sha,
         "training": meta.get("training"),
+        "prompt": recorded_shape(meta)[0],
+        "prompt_reason": recorded_shape(meta)[1],
     }
     return config, tensors, report
 
@@ -212,6 +242,8 @@ def _info(name: str, as_json: bool) -> int:
         f"q_proj out {base['q_proj_out']}, o_proj out {base['o_proj_out']}",
         f"parameters  {report['parameters']:,}",
         f"sha256      {report['weights_sha256']}",
+        f"prompt      {report['prompt'] or 'not recorded (the server decides by the tokenizer)'}: "
+        f"{report['prompt_reason']}",
     ]
     if training:
         lines.append(
@@ -244,6 +276,8 @@ def _convert(name: str, output: Path, base_model: str | None, verb: str) -> int:
     if base_model:
         base["id"] = base_model
     extra = {"training": report["training"]} if report["training"] else {}
+    if report["prompt"]:  # an official adapter's copy records what it was trained on (chat)
+        extra["prompt"] = report["prompt"]
     extra["converted_from"] = {
         "format": report["format"], "path": str(source), "weights_sha256": report["weights_sha256"]
     }

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from . import texts
 from .prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
 from .settings import CompletionSettings, ExplainSettings
 
@@ -48,7 +49,9 @@ def complete(
     line_before = prefix.rsplit("\n", 1)[-1]
     line_after = suffix.split("\n", 1)[0]
     multiline = is_multiline(line_before, line_after)
-    prompt = completion_prompt(engine.tokenizer, prefix, suffix, settings.prefix_tokens, settings.suffix_tokens)
+    prompt = completion_prompt(
+        engine.tokenizer, prefix, suffix, settings.prefix_tokens, settings.suffix_tokens, engine.active.prompt
+    )
     stop = list(settings.stop) if multiline else ["\n"]
     generation = engine.generate(
         prompt.input_ids, max_new_tokens=settings.max_tokens, stop=stop, should_stop=should_stop, on_token=on_token
@@ -86,8 +89,7 @@ def explain(
 
 def tokenize_for_write(engine: "Engine", text: str, limit: int | None = None) -> list[int]:
     """The token ids a write pass over ``text`` takes (the first ``limit`` of them)."""
-    ids = engine.tokenizer.encode(text, add_special_tokens=False)
-    return ids if limit is None else ids[:limit]
+    return texts.write_ids(engine.tokenizer, text, limit)
 
 
 def write_memory(engine: "Engine", store: str, ids: list[int]) -> dict:

@@ -11,6 +11,7 @@ Exits 0 when the server would start (load its model) as things are, 1 when it wo
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -51,6 +52,51 @@ def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
         at = f" at {revision}" if revision else ""
         then = "HF_HUB_OFFLINE=1: it cannot be downloaded" if os.environ.get("HF_HUB_OFFLINE") == "1" else "it downloads on first start"
         return f"Hugging Face id {name}{at}: not in the cache ({HF_HUB_CACHE}); {then}", False
+
+
+def _local(name: str) -> Path | None:
+    """The directory ``name`` loads from without a download, or None."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _prompt_line(model: str, adapter: str) -> str:
+    """Which completion prompt shape the server would build (fim or chat), and why."""
+    from memory.adapter_io import CONFIG_NAME, OFFICIAL_CONFIG_NAME
+
+    from .prompts import recorded_shape, shape_reason
+
+    meta = None
+    if adapter.lower() != "none":
+        directory = _local(adapter)
+        if directory is None:
+            return "completion prompts: decided once the adapter is here (by its recorded shape)"
+        try:
+            if (directory / CONFIG_NAME).is_file():
+                meta = json.loads((directory / CONFIG_NAME).read_text())
+            elif (directory / OFFICIAL_CONFIG_NAME).is_file():
+                meta = {"format": "official"}
+        except (OSError, ValueError) as error:
+            return f"completion prompts: unknown, the adapter's config cannot be read ({error})"
+    shape, why = recorded_shape(meta or ({} if adapter.lower() != "none" else None), model)
+    if shape is None:
+        directory = _local(model)
+        if directory is None:
+            return f"completion prompts: decided by the tokenizer once the model is here ({why})"
+        try:
+            import transformers
+
+            shape, why = shape_reason(transformers.AutoTokenizer.from_pretrained(directory), None, why)
+        except Exception as error:
+            return f"completion prompts: unknown, the tokenizer cannot be read ({' '.join(str(error).split())[:200]})"
+    return f"completion prompts: {shape} ({why})"
 
 
 def _fetch_hint(what: str, name: str, flag: str, revision: str | None = None) -> str:
@@ -174,6 +220,7 @@ def run_doctor(overrides: dict[str, Any]) -> int:
         elif not present:
             hints.append(_fetch_hint("adapter", settings.adapter, "pass a directory with --adapter, or --adapter none"))
             _unless_downloaded(fatal, "the adapter", settings.adapter, offline)
+    lines.append(_prompt_line(settings.model, settings.adapter))
     lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
     lines.append(f"workspace memory: {memory_root()}")
     lines.extend(folder_lines)

@@ -21,6 +21,7 @@ import memory
 
 from .fingerprint import Backbone, Fingerprint, make_fingerprint
 from .locations import is_hub_id, local_directory, looks_like_path, missing_directory
+from .prompts import prompt_shape, recorded_shape
 from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 from .workspace_config import AdapterSource
 
@@ -122,6 +123,9 @@ class LoadedAdapter:
     """On the model's device, named as ``Memory.adapter_state_dict``."""
     fingerprint: Fingerprint
     """What memory states written with it are bound to (``store`` checks it)."""
+    prompt: str | None = None
+    """The completion prompt shape it was trained on ("fim" | "chat"; ``prompts.recorded_shape``),
+    None: the tokenizer decides (``prompts.prompt_shape``)."""
 
 
 class Engine:
@@ -136,6 +140,7 @@ class Engine:
         quantization: str = "none",
         model_id: str = "",
         source: AdapterSource | None = None,
+        prompt: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -150,7 +155,7 @@ class Engine:
         """Adapters that could not be loaded, and why (asked again, they are refused again)."""
         self._fresh: dict[str, torch.Tensor] | None = None
         tensors = _clone(mem.adapter_state_dict())
-        attached = LoadedAdapter(source, tensors, _fingerprint(mem, model_id, tensors))
+        attached = LoadedAdapter(source, tensors, _fingerprint(mem, model_id, tensors), prompt)
         self._adapters: dict[tuple | None, LoadedAdapter] = {_key(source): attached}
         self.active = attached
         """The adapter whose weights δ-mem holds now."""
@@ -194,7 +199,8 @@ class Engine:
                 raise EngineError(
                     "no fresh adapter is available: this server attached another adapter's configuration first"
                 )
-            return LoadedAdapter(None, self._fresh, self._fingerprint_of(self._fresh))
+            prompt = recorded_shape(None, self.model_id)[0]
+            return LoadedAdapter(None, self._fresh, self._fingerprint_of(self._fresh), prompt)
         directory = _resolve_adapter(source)
         try:
             config, tensors, meta = memory.read_adapter(directory)
@@ -216,7 +222,9 @@ class Engine:
             )
         own = self.memory.adapter_state_dict()
         tensors = {name: tensors[name].to(own[name].device, torch.float32) for name in own}
-        return LoadedAdapter(source, tensors, self._fingerprint_of(tensors))
+        prompt = recorded_shape(meta, self.model_id)[0]
+        _check_prompt(self.tokenizer, prompt, source)
+        return LoadedAdapter(source, tensors, self._fingerprint_of(tensors), prompt)
 
     def _fingerprint_of(self, tensors: dict[str, torch.Tensor]) -> Fingerprint:
         return _fingerprint(self.memory, self.model_id, tensors)
@@ -274,7 +282,7 @@ class Engine:
         model.eval()
         progress("attaching δ-mem")
         default = None if options.adapter is None else AdapterSource(options.adapter)
-        fresh, refused = None, {}
+        fresh, refused, meta = None, {}, None
         try:
             if options.adapter is None:
                 with torch.random.fork_rng(devices=[]):  # the same fresh adapter every start
@@ -285,7 +293,7 @@ class Engine:
                 try:
                     if options.adapter is None:
                         mem.detach()
-                    mem = _attach_named(model, prefer, options.model)
+                    mem, meta = _attach_named(model, prefer, options.model)
                     attached = prefer
                 except (EngineError, memory.AdapterError) as error:
                     message = f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
@@ -299,7 +307,7 @@ class Engine:
             if prefer is None:
                 attached = default
                 if default is not None:
-                    mem = _attach_named(model, default, options.model)
+                    mem, meta = _attach_named(model, default, options.model)
         except memory.AttachError as error:
             raise EngineError(
                 f"δ-mem cannot attach to {options.model}: {error}. Use a model of a supported architecture "
@@ -310,7 +318,9 @@ class Engine:
         log.info(
             "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter", options.model, device, quantization, torch.get_num_threads()
         )
-        engine = cls(model, tokenizer, mem, device, quantization, options.model, attached)
+        prompt = recorded_shape(meta, options.model)[0]
+        _check_prompt(tokenizer, prompt, attached)
+        engine = cls(model, tokenizer, mem, device, quantization, options.model, attached, prompt)
         engine.default_adapter, engine._fresh, engine.refused = default, fresh, refused
         return engine
 
@@ -393,12 +403,22 @@ def _resolve_adapter(source: AdapterSource) -> str:
     return _resolve_local(source.name, "adapter", flag, source.revision)
 
 
-def _attach_named(model, source: AdapterSource, model_id: str) -> memory.Memory:
-    """Attach δ-mem with the adapter ``source`` names, refusing one built for another backbone."""
+def _check_prompt(tokenizer, prompt: str | None, source: AdapterSource | None) -> None:
+    """Refuse an adapter trained on FIM prompts for a tokenizer that has no FIM tokens."""
+    if prompt == "fim" and prompt_shape(tokenizer) != "fim":
+        raise EngineError(
+            f"the adapter {source} was trained on fill-in-the-middle prompts, but this model's tokenizer has no "
+            "FIM tokens: use an adapter trained for this model (dmem-lsp adapter train --prompt chat)"
+        )
+
+
+def _attach_named(model, source: AdapterSource, model_id: str) -> tuple[memory.Memory, dict]:
+    """Attach δ-mem with the adapter ``source`` names, refusing one built for another backbone;
+    (the memory, the adapter's metadata)."""
     directory = _resolve_adapter(source)
     _config, tensors, meta = memory.read_adapter(directory)
     _check_backbone(source, meta, tensors, model, model_id)
-    return memory.load_adapter(model, directory)
+    return memory.load_adapter(model, directory), meta
 
 
 def _check_backbone(source: AdapterSource, meta: dict, tensors: dict[str, torch.Tensor], model, model_id: str) -> None:

@@ -19,7 +19,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
-from . import assist, explanations
+from . import assist, explanations, texts
 from .documents import use_documents
 from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
@@ -231,7 +231,7 @@ async def _explain(
         deadline_ms=settings.deadline_ms,
     )
     if looks_like_an_error(question.code):  # an explanation asked about an error is a debugging step
-        step = f"{question.code.strip()}\n\nExplanation:\n{answer.text}"
+        step = texts.explanation_step(question.code, answer.text)
         asyncio.ensure_future(ls.learner.debug_step(question.uri, step, "explanation")).add_done_callback(log_failure)
     if answer.cancelled:
         return f"{answer.text}\n\n_Cut short: explain.deadlineMs is {settings.deadline_ms} ms._"

@@ -29,7 +29,6 @@ directory, a full disk) is shown in the editor, once per reason, and as an ``uns
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hashlib
 import json
 import logging
@@ -43,7 +42,7 @@ from pygls.uris import to_fs_path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import assist
+from . import assist, texts
 from .policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
 from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
 from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
@@ -62,7 +61,7 @@ MEMORY_EVENT = "dmem/memory"
 """Notification: ``{folder, event: opened|refused|written|skipped|saved|unsaved|reset|imported, store?, source?, ...}``."""
 
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b|FAILED|panicked at", re.I)
-CONVENTION_DEPTH = 3
+CONVENTION_DEPTH = texts.CONVENTION_DEPTH
 """Folder levels below the root searched for convention files when a folder opens."""
 
 
@@ -378,8 +377,7 @@ class Learner:
             worker.submit(lambda stop: assist.tokenize_for_write(engine, text, limit), priority=Priority.WRITE).future
         )
         chunk = memory.settings.write_chunk_tokens
-        for start in range(0, len(ids), chunk):
-            piece = ids[start : start + chunk]
+        for piece in texts.chunks(ids, chunk):
 
             def job(stop, piece=piece) -> bool:
                 if memory.epochs.get(store, 0) != epoch:
@@ -477,7 +475,7 @@ class Learner:
                 for name in sorted(files)
                 if memory.policy.is_convention(PurePosixPath((Path(folder) / name).relative_to(memory.root).as_posix()))
             )
-        return sorted(found, key=lambda p: (len(p.relative_to(memory.root).parts), str(p)))
+        return sorted(found, key=lambda p: texts.convention_order(p.relative_to(memory.root).as_posix()))
 
     async def learn_conventions(self, memory: WorkspaceMemory) -> None:
         """Write the convention files that changed since they were last written."""
@@ -508,8 +506,8 @@ class Learner:
         digest = hashlib.sha256(text.encode()).hexdigest()
         if memory.manifest["sources"].get(source) == digest:
             return 0
-        limit = min(memory.settings.convention_file_tokens, budget if budget is not None else 1 << 30)
-        text = f"Project file {source}:\n{text}"
+        limit = texts.convention_limit(memory.settings.convention_file_tokens, budget)
+        text = texts.convention(source, text)
         written = await self.write(memory, "conventions", text, source, "convention", limit, verdict.redacted)
         if written:  # learned only once all of it is in the state (saved with it)
             memory.manifest["sources"][source] = digest
@@ -608,15 +606,14 @@ class Learner:
             refusal = policy.check_path(path) or policy.check_document(new) or policy.check_document(old)
             if refusal is not None:  # binary or over the cap: refused before any diff is computed
                 return Verdict(None, refusal)
-            diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), source, source, n=2))
-            return policy.check_text(diff, source)
+            return policy.check_text(texts.diff(source, old, new), source)
 
         verdict = await asyncio.to_thread(check)
         text, refusal = verdict
         if refusal is not None:
             self.skip(memory, source, "edit", refusal.reason)
             return
-        await self.write(memory, "edits", f"Edit to {source}:\n{text}", source, "edit", redacted=verdict.redacted)
+        await self.write(memory, "edits", texts.edit(source, text), source, "edit", redacted=verdict.redacted)
 
     async def accepted(self, uri: str, text: str) -> None:
         memory = self.folder_for(uri)
@@ -630,7 +627,7 @@ class Learner:
         if refusal is not None:
             self.skip(memory, source, "accepted completion", refusal.reason)
             return
-        text = f"Accepted completion in {source}:\n{text}"
+        text = texts.accepted_completion(source, text)
         await self.write(memory, "edits", text, source, "accepted completion", redacted=verdict.redacted)
 
     # -- debugging ------------------------------------------------------------------------
@@ -650,8 +647,7 @@ class Learner:
         if refusal is not None:
             self.skip(memory, source, kind, refusal.reason)
             return {"tokens": 0, "reason": refusal.reason}
-        where = f" in {source}" if uri else ""
-        text = f"Debugging step ({kind}){where}:\n{checked}"
+        text = texts.debug_step(kind, checked, source if uri else None)
         tokens = await self.write(memory, "debug", text, source, kind, redacted=verdict.redacted)
         if not tokens:  # write() refused it (read-only, the store is off) and logged why, last
             return {"tokens": 0, "reason": memory.manifest["audit"][-1].get("skipped", "nothing to write")}

@@ -1,4 +1,7 @@
-"""Completion prompts: fill-in-the-middle when the tokenizer has FIM tokens, chat otherwise.
+"""Completion prompts: fill-in-the-middle or the chat template, as the loaded adapter was trained.
+
+The shape is the one the adapter records (its config's ``"prompt"``); an adapter that
+records none gets FIM when the tokenizer has the FIM tokens, chat otherwise.
 
 Pure functions over a tokenizer and text; nothing here knows the server or the model.
 A prompt keeps a budget of tokens nearest the cursor, so only a character window that
@@ -12,10 +15,16 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "FIM_TOKENS", "MAX_CHARS_PER_TOKEN", "Prompt", "completion_prompt", "explain_prompt", "is_multiline",
-    "trim_suffix_overlap", "window",
+    "CHAT_MODELS", "FIM_TOKENS", "MAX_CHARS_PER_TOKEN", "SHAPES", "Prompt", "completion_prompt", "explain_prompt",
+    "is_multiline",
+    "prompt_shape", "recorded_shape", "shape_reason", "trim_suffix_overlap", "window",
 ]
 
+SHAPES = ("fim", "chat")
+"""The prompt shapes of a completion: fill-in-the-middle tokens, or the chat template."""
+CHAT_MODELS = frozenset({"Qwen/Qwen3-4B-Instruct-2507"})
+"""Models that are only meant to get chat prompts although their tokenizer has FIM tokens
+(Qwen3 shares one vocabulary across the family; FIM is trained into the Coder models)."""
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
 
@@ -97,11 +106,58 @@ def window(source: str, offset: int, before_tokens: int, after_tokens: int) -> t
     return source[max(0, offset - before) : offset], source[offset : offset + after]
 
 
-def completion_prompt(tokenizer, prefix: str, suffix: str, prefix_tokens: int, suffix_tokens: int) -> Prompt:
-    """The prompt for completing at the cursor, keeping the last ``prefix_tokens`` of the
-    text before it and the first ``suffix_tokens`` of the text after it."""
-    before, after = _tail(tokenizer, prefix, prefix_tokens), _head(tokenizer, suffix, suffix_tokens)
+def shape_reason(tokenizer, recorded: str | None, why: str) -> tuple[str, str]:
+    """(the shape completions take, why): ``recorded_shape``'s answer, or the tokenizer's."""
+    if recorded is not None:
+        return recorded, why
     if _has_fim(tokenizer):
+        return "fim", f"{why}, and the tokenizer has the FIM tokens"
+    return "chat", f"{why}, and the tokenizer has no FIM tokens"
+
+
+def prompt_shape(tokenizer, recorded: str | None = None) -> str:
+    """The shape completions take: ``recorded`` (the one the loaded adapter was trained on,
+    ``"fim"`` or ``"chat"``) when given, else FIM when the tokenizer has every FIM token."""
+    if recorded is not None:
+        if recorded not in SHAPES:
+            raise ValueError(f"prompt shape {recorded!r}: must be one of {', '.join(SHAPES)}")
+        return recorded
+    return "fim" if _has_fim(tokenizer) else "chat"
+
+
+def recorded_shape(meta: dict | None, model_id: str = "") -> tuple[str | None, str]:
+    """(shape, why) for an adapter's metadata (``memory.read_adapter``'s third value; None:
+    a fresh, untrained adapter) on the model ``model_id``.
+
+    The shape the trainer recorded (``"prompt"``) wins. The official release's adapters were
+    trained by their authors on chat conversations through the instruct model's template, so
+    they get chat, and so does any adapter on a model in ``CHAT_MODELS``. Otherwise None:
+    ``prompt_shape``'s rule (the tokenizer's FIM tokens) decides."""
+    recorded = meta.get("prompt") if meta is not None else None
+    if recorded in SHAPES:
+        return recorded, f"the adapter was trained on {recorded} prompts (its config's \"prompt\")"
+    if recorded is not None:
+        return None, f"the adapter's config names an unknown prompt shape {recorded!r}"
+    if meta is not None and meta.get("format") == "official":
+        return "chat", "an official δ-mem release adapter, trained on chat conversations"
+    if model_id in CHAT_MODELS:
+        return "chat", f"{model_id} is a chat model, not trained for fill-in-the-middle (see README, 'Prompts')"
+    what = "a fresh adapter" if meta is None else "the adapter"
+    return None, f"{what} records no prompt shape"
+
+
+def completion_prompt(
+    tokenizer, prefix: str, suffix: str, prefix_tokens: int, suffix_tokens: int, shape: str | None = None
+) -> Prompt:
+    """The prompt for completing at the cursor, keeping the last ``prefix_tokens`` of the
+    text before it and the first ``suffix_tokens`` of the text after it, in ``shape``
+    (``"fim"``, ``"chat"``, or None: ``prompt_shape``'s rule). FIM asked of a tokenizer
+    without the FIM tokens is refused."""
+    shape = prompt_shape(tokenizer, shape)
+    if shape == "fim" and not _has_fim(tokenizer):
+        raise ValueError("a fill-in-the-middle prompt needs the tokenizer's FIM tokens, and this one has none")
+    before, after = _tail(tokenizer, prefix, prefix_tokens), _head(tokenizer, suffix, suffix_tokens)
+    if shape == "fim":
         fim_prefix, fim_suffix, fim_middle = (tokenizer.convert_tokens_to_ids(t) for t in FIM_TOKENS)
         return Prompt([fim_prefix, *before, fim_suffix, *after, fim_middle], fim=True)
     instruction = (

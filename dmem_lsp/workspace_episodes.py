@@ -4,11 +4,14 @@ An episode teaches what the server does at run time: remember the project, then 
 code with the project absent from the prompt. For every later commit that changes a text
 file, and for each changed place in it (up to ``max_per_commit``):
 
-- history: the convention files as of the commit's parent (``policy.is_convention_file``),
-  then the diffs of the ``history_commits`` commits before it, written exactly as the server
-  writes them (``Project file <path>:`` and ``Edit to <path>:`` with a unified diff);
+- history: the convention files as of the commit's parent (``policy.is_convention_file``,
+  within the server's per-file and per-pass token budgets), then the diffs of the
+  ``history_commits`` commits before it, framed by ``texts`` as the server frames them
+  (``Project file <path>:``, ``Edit to <path>:`` with a unified diff), one history piece
+  per write pass the server runs (``texts.write_passes``: one segment each under SSW);
 - query: the completion prompt the server would build at that place in the file *before*
-  the change (``prompts.completion_prompt``: fill-in-the-middle when the tokenizer has it);
+  the change (``prompts.completion_prompt`` in ``options.prompt``'s shape: FIM or chat,
+  with the server's prefix/suffix budgets), so the cursor sits inside the file;
 - target: the lines the commit put there, then end-of-sequence.
 
 Every file passes the server's write policy first: ignored files (``.gitignore``,
@@ -27,13 +30,14 @@ from typing import Any
 
 from memory.episodes import Episode, EpisodeError
 
+from . import texts
 from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
-from .prompts import completion_prompt
+from .prompts import SHAPES, completion_prompt
 from .settings import CompletionSettings, MemorySettings
 
 __all__ = ["WorkspaceOptions", "workspace_episodes"]
 
-CONVENTION_DEPTH = 3
+CONVENTION_DEPTH = texts.CONVENTION_DEPTH
 """Folder levels below the root searched for convention files (as the server does)."""
 
 
@@ -51,11 +55,27 @@ class WorkspaceOptions:
     """Files over this size are left out, as the server leaves them out."""
     prefix_tokens: int = CompletionSettings().prefix_tokens
     suffix_tokens: int = CompletionSettings().suffix_tokens
+    prompt: str | None = None
+    """The query's shape, "fim" or "chat" (None: FIM when the tokenizer has the FIM tokens,
+    as the server decides for an adapter that records none)."""
+    write_chunk_tokens: int = MemorySettings().write_chunk_tokens
+    """Tokens per write pass, as ``memory.writeChunkTokens``: each pass is one history piece."""
+    convention_tokens: int = MemorySettings().convention_tokens
+    """Convention tokens written when a folder opens, as ``memory.conventionTokens``."""
+    convention_file_tokens: int = MemorySettings().convention_file_tokens
+    """Tokens of one convention file at most, as ``memory.conventionFileTokens``."""
 
     def __post_init__(self) -> None:
-        for name in ("max_commits", "history_commits", "max_per_commit", "max_target_lines", "max_file_bytes"):
+        for name in (
+            "max_commits", "history_commits", "max_per_commit", "max_target_lines", "max_file_bytes",
+            "write_chunk_tokens", "convention_file_tokens",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"WorkspaceOptions.{name}={getattr(self, name)!r}: must be a positive integer")
+        if not isinstance(self.convention_tokens, int) or self.convention_tokens < 0:
+            raise ValueError(f"WorkspaceOptions.convention_tokens={self.convention_tokens!r}: must not be negative")
+        if self.prompt is not None and self.prompt not in SHAPES:
+            raise ValueError(f"WorkspaceOptions.prompt={self.prompt!r}: must be one of {', '.join(SHAPES)} or None")
 
 
 @dataclass(frozen=True)
@@ -66,8 +86,7 @@ class _Change:
 
     @property
     def diff(self) -> str:
-        old, new = (self.old or "").splitlines(True), (self.new or "").splitlines(True)
-        return "".join(difflib.unified_diff(old, new, self.path, self.path, n=2))
+        return texts.diff(self.path, self.old or "", self.new or "")
 
 
 class _Repository:
@@ -154,7 +173,7 @@ class _Repository:
                 text = self.text(blob, path)
                 if text is not None:
                     found.append((path, text))
-        return sorted(found, key=lambda item: (len(PurePosixPath(item[0]).parts), item[0]))
+        return sorted(found, key=lambda item: texts.convention_order(item[0]))
 
 
 def _places(old: str, new: str, limit: int) -> list[tuple[str, str, str]]:
@@ -165,6 +184,20 @@ def _places(old: str, new: str, limit: int) -> list[tuple[str, str, str]]:
         if tag in ("replace", "insert") and "".join(b[j1:j2]).strip():
             places.append(("".join(a[:i1]), "".join(a[i2:]), "".join(b[j1 : j1 + limit])))
     return places
+
+
+def _conventions(tokenizer: Any, found: list[tuple[str, str]], options: WorkspaceOptions) -> list[tuple[int, ...]]:
+    """The write passes of the convention files when a folder opens, within the server's budgets."""
+    passes: list[tuple[int, ...]] = []
+    budget = options.convention_tokens
+    for path, text in found:
+        limit = texts.convention_limit(options.convention_file_tokens, budget)
+        if not limit:
+            break  # the server skips every file after the budget is spent
+        pieces = texts.write_passes(tokenizer, texts.convention(path, text), options.write_chunk_tokens, limit)
+        budget -= sum(len(piece) for piece in pieces)
+        passes.extend(pieces)
+    return passes
 
 
 def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptions | None = None) -> list[Episode]:
@@ -179,13 +212,13 @@ def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptio
         return tuple(tokenizer.encode(text, add_special_tokens=False))
 
     eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
-    diffs: list[list[tuple[int, ...]]] = []  # per commit: its diffs as history pieces
+    diffs: list[list[tuple[int, ...]]] = []  # per commit: the write passes of its diffs
     episodes: list[Episode] = []
     for index, commit in enumerate(commits):
         parent = commits[index - 1] if index else None
         changes = repository.changes(commit, parent)
         if parent is not None:
-            history = [encode(f"Project file {path}:\n{text}") for path, text in repository.conventions(parent)]
+            history = _conventions(tokenizer, repository.conventions(parent), options)
             for pieces in diffs[-options.history_commits:]:
                 history.extend(pieces)
             taken = 0
@@ -195,7 +228,9 @@ def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptio
                 for before, after, lines in _places(change.old, change.new, options.max_target_lines):
                     if taken >= options.max_per_commit:
                         break
-                    prompt = completion_prompt(tokenizer, before, after, options.prefix_tokens, options.suffix_tokens)
+                    prompt = completion_prompt(
+                        tokenizer, before, after, options.prefix_tokens, options.suffix_tokens, options.prompt
+                    )
                     episodes.append(
                         Episode(
                             history=tuple(history),
@@ -205,7 +240,12 @@ def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptio
                         )
                     )
                     taken += 1
-        diffs.append([encode(f"Edit to {c.path}:\n{c.diff}") for c in changes if c.diff])
+        diffs.append([
+            piece
+            for c in changes
+            if c.diff
+            for piece in texts.write_passes(tokenizer, texts.edit(c.path, c.diff), options.write_chunk_tokens)
+        ])
     if not episodes:
         raise EpisodeError(
             f"no episodes in {repository.root}: it needs commits that change text files the write policy allows, "

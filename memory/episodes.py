@@ -40,6 +40,9 @@ class Episode:
     """What the model must produce after the query; the loss is on these tokens only."""
     source: str = ""
     """Where the episode came from, for messages (``data.jsonl:12``, ``a1b2c3d src/app.py``)."""
+    reads: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    """More (query, target) pairs read from the same written history, each a read pass of
+    its own; the loss is the mean over every target token of the episode."""
 
     def __post_init__(self) -> None:
         if not any(self.history):
@@ -48,6 +51,13 @@ class Episode:
             raise EpisodeError(f"{self.source or 'an episode'}: the query is empty")
         if not self.target:
             raise EpisodeError(f"{self.source or 'an episode'}: the target is empty")
+        if any(not query or not target for query, target in self.reads):
+            raise EpisodeError(f"{self.source or 'an episode'}: a read has an empty query or target")
+
+    @property
+    def queries(self) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+        """Every (query, target) read from the history: the first one, then ``reads``."""
+        return ((self.query, self.target), *self.reads)
 
     @property
     def history_tokens(self) -> int:
@@ -157,5 +167,6 @@ def fingerprint(episodes: Sequence[Episode]) -> str:
     """sha256 over every episode's tokens, in order: resuming on other data is refused by it."""
     digest = hashlib.sha256()
     for episode in episodes:
-        digest.update(json.dumps([episode.history, episode.query, episode.target]).encode())
+        fields = [episode.history, episode.query, episode.target, *([episode.reads] if episode.reads else [])]
+        digest.update(json.dumps(fields).encode())
     return digest.hexdigest()

@@ -9,6 +9,10 @@ holds δ-mem's alone, so the backbone stays bit-identical.
     options = TrainOptions(steps=200, lr=1e-4, checkpoint_every=50)
     summary = train(mem, train_episodes, held_out, options, output=Path("my-adapter"))
 
+``rows`` episodes per micro-step are written and read together, each with a state of its own
+(``memory.batching``: the same loss as one by one), and the learning rate follows
+``schedule`` after ``warmup_steps`` of linear warm-up.
+
 Devices and processes go through ``accelerate``: one process on the CPU or a GPU, or one
 per GPU under ``accelerate launch`` (episodes are dealt out per process and gradients
 averaged by DDP). On CUDA the backbone runs under bf16 autocast where the GPU supports it;
@@ -36,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adapter_io import save_adapter
+from .batching import Rows, RowsLoss, history_passes, rows_loss, rows_tensors
 from .checkpoints import load_checkpoint, save_checkpoint
 from .curves import write_csv, write_png
 from .episodes import Episode, fingerprint
@@ -45,8 +50,10 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 __all__ = [
+    "SCHEDULES",
     "TrainOptions",
     "TrainingError",
+    "learning_rate",
     "EpisodeLoss",
     "episode_tensors",
     "evaluate",
@@ -63,6 +70,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 CURVE_CSV = "loss.csv"
 CURVE_PNG = "loss.png"
+SCHEDULES = ("constant", "cosine")
+PROMPTS = ("fim", "chat")
 
 
 class TrainingError(ValueError):
@@ -74,13 +83,26 @@ class TrainOptions:
     """How one training run goes. Validated at construction; a bad value is refused by name."""
 
     steps: int | None = None
-    """Optimizer steps to train for (each takes ``grad_accum`` episodes per process)."""
+    """Optimizer steps to train for (each takes ``grad_accum × rows`` episodes per process)."""
     epochs: int | None = None
     """Or passes over the training episodes (one when neither is given)."""
     lr: float = 1e-4
-    """AdamW learning rate, constant."""
+    """AdamW's peak learning rate (see ``schedule``)."""
     grad_accum: int = 1
-    """Episodes whose gradients are summed into one optimizer step (per process)."""
+    """Micro-steps whose gradients are summed into one optimizer step (per process)."""
+    rows: int = 1
+    """Independent episodes per micro-step, written and read together in one batch, each
+    into a state of its own (1: one episode at a time). The loss is the mean over their
+    target tokens."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from ``lr / warmup_steps`` to ``lr``."""
+    schedule: str = "constant"
+    """The learning rate after warm-up: "constant", or "cosine" (decaying to 0 at the last step)."""
+    shuffle: bool = True
+    """Take the episodes in a seeded shuffle per epoch; False: in the order given (a curriculum)."""
+    prompt: str | None = None
+    """The completion prompt shape the episodes' queries have ("fim" | "chat"), recorded in the
+    adapter's config as ``"prompt"`` so that the server builds the same (None: not recorded)."""
     write_tokens: int = 1024
     """The most history tokens written per episode: longer histories keep their last ones."""
     write_chunk_tokens: int = 256
@@ -111,13 +133,19 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(name, "must be a positive integer")
-        for name in ("grad_accum", "write_tokens"):
+        for name in ("grad_accum", "write_tokens", "rows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
         if not isinstance(self.write_chunk_tokens, int) or self.write_chunk_tokens < 0:
             raise bad("write_chunk_tokens", "must be 0 (one pass) or a positive integer")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise bad("checkpoint_every", "must be 0 (never) or a positive integer")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise bad("warmup_steps", "must be 0 (none) or a positive integer")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
+        if self.prompt is not None and self.prompt not in PROMPTS:
+            raise bad("prompt", f"must be one of {', '.join(PROMPTS)} or None")
         if not self.lr > 0:
             raise bad("lr", "must be positive")
         if self.max_grad_norm < 0 or self.weight_decay < 0:
@@ -139,13 +167,16 @@ class EpisodeLoss(nn.Module):
 
     def forward(
         self,
-        passes: list[tuple[torch.Tensor, torch.Tensor | None]],
-        sequence: torch.Tensor,
-        target: torch.Tensor,
+        passes: list[tuple[torch.Tensor, torch.Tensor | None]] | Rows,
+        sequence: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
         use_memory: bool = True,
     ) -> torch.Tensor:
         """passes: write passes, each (ids [1, W], segments [1, W] or None); sequence [1, Q+N]
-        (query then target); target [N]. Gradients flow through the state from pass to pass."""
+        (query then target); target [N]. Gradients flow through the state from pass to pass.
+        Or ``Rows`` alone: several episodes at once (``memory.batching.rows_loss``)."""
+        if isinstance(passes, Rows):
+            return rows_loss(self.memory, passes, use_memory)
         self.memory.reset()
         if use_memory:
             for history, segments in passes:
@@ -165,21 +196,7 @@ def episode_tensors(
     written in passes of at most that many tokens, each pass one segment (as the server
     writes); with 0 the whole history is one pass, each piece one segment.
     """
-    ids: list[int] = []
-    segment_ids: list[int] = []
-    for index, piece in enumerate(episode.history):
-        ids.extend(piece)
-        segment_ids.extend([index] * len(piece))
-    ids, segment_ids = ids[-write_tokens:], segment_ids[-write_tokens:]
-    if chunk_tokens:
-        pieces: list[list[int]] = []
-        for position, token in enumerate(ids):
-            if position == 0 or segment_ids[position] != segment_ids[position - 1] or len(pieces[-1]) == chunk_tokens:
-                pieces.append([])
-            pieces[-1].append(token)
-        chunks = [(piece, [0] * len(piece)) for piece in pieces]
-    else:
-        chunks = [(ids, segment_ids)] if ids else []
+    chunks = history_passes(episode, write_tokens, chunk_tokens)
     passes = [
         (torch.tensor([piece], device=device), torch.tensor([segments], device=device) if segmented else None)
         for piece, segments in chunks
@@ -245,16 +262,19 @@ def evaluate(
         return {"eval_loss_memory": None, "eval_loss_no_memory": None}
     device = accelerator.device if accelerator is not None else _device(mem)
     rank, processes = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    loss = EpisodeLoss(mem)
+    loss, rows_loss = EpisodeLoss(mem), RowsLoss(mem)
     segmented = mem.config.write == "segment"
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # with memory, without, target tokens
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
     with autocast:
         for episode in episodes[rank::processes]:
-            inputs = episode_tensors(episode, write_tokens, segmented, device, chunk_tokens)
-            n = len(episode.target)
-            sums[0] += loss(*inputs).double() * n
-            sums[1] += loss(*inputs, use_memory=False).double() * n
+            if episode.reads:  # several reads of one history: one batch of reads
+                inputs, model = (rows_tensors([episode], write_tokens, device, chunk_tokens),), rows_loss
+            else:
+                inputs, model = episode_tensors(episode, write_tokens, segmented, device, chunk_tokens), loss
+            n = sum(len(target) for _, target in episode.queries)
+            sums[0] += model(*inputs).double() * n
+            sums[1] += model(*inputs, use_memory=False).double() * n
             sums[2] += n
     mem.reset()
     if accelerator is not None:
@@ -265,8 +285,9 @@ def evaluate(
 class _Schedule:
     """Which training episode each process takes at (step, micro-step): a seeded shuffle per epoch."""
 
-    def __init__(self, episodes: int, seed: int, per_step: int, processes: int) -> None:
+    def __init__(self, episodes: int, seed: int, per_step: int, processes: int, shuffle: bool = True) -> None:
         self.n, self.seed, self.per_step, self.processes = episodes, seed, per_step, processes
+        self.shuffle = shuffle
         self._order: tuple[int, list[int]] | None = None
 
     @property
@@ -275,6 +296,8 @@ class _Schedule:
 
     def index(self, step: int, micro: int, process: int) -> int:
         epoch, position = divmod((step * self.per_step + micro) * self.processes + process, self.n)
+        if not self.shuffle:
+            return position
         if self._order is None or self._order[0] != epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._order = (epoch, torch.randperm(self.n, generator=generator).tolist())
@@ -285,19 +308,35 @@ def _device(mem: Memory) -> torch.device:
     return next(mem.parameters()).device
 
 
+def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total``: linear warm-up over
+    ``warmup_steps``, then constant or a cosine decay towards 0 at the last step."""
+    factor = 1.0
+    if options.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * step / total))
+    if options.warmup_steps:
+        factor = min(factor, (step + 1) / options.warmup_steps)
+    return options.lr * factor
+
+
 def _optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
-    episodes: list[Episode],
+    episodes: list[list[Episode]],
     options: TrainOptions,
     segmented: bool,
     accelerator: "Accelerator",
 ) -> float:
-    """One optimizer step over ``episodes`` (one per micro-step); returns their mean loss, over all processes."""
+    """One optimizer step over ``episodes`` (``rows`` per micro-step); returns their mean loss, over all processes."""
     losses = []
-    for episode in episodes:
-        inputs = episode_tensors(episode, options.write_tokens, segmented, accelerator.device, options.write_chunk_tokens)
+    for batch in episodes:
+        if len(batch) == 1 and not batch[0].reads:  # one episode: the single-row path, as before rows existed
+            inputs = episode_tensors(
+                batch[0], options.write_tokens, segmented, accelerator.device, options.write_chunk_tokens
+            )
+        else:
+            inputs = (rows_tensors(batch, options.write_tokens, accelerator.device, options.write_chunk_tokens),)
         with accelerator.accumulate(model):  # steps (and syncs) on the last micro-step only
             loss = model(*inputs)
             accelerator.backward(loss)  # divided by grad_accum
@@ -323,7 +362,7 @@ def _summary(
     last = evaluated[-1] if evaluated else {}
     return {
         "steps": total,
-        "epochs": round(total * options.grad_accum * processes / len(train_episodes), 3),
+        "epochs": round(total * options.grad_accum * options.rows * processes / len(train_episodes), 3),
         "episodes": {"train": len(train_episodes), "held_out": len(held_out)},
         "data_sha256": data_sha256,
         "eval_loss_memory": last.get("eval_loss_memory"),
@@ -333,6 +372,9 @@ def _summary(
         "seed": options.seed,
         "lr": options.lr,
         "grad_accum": options.grad_accum,
+        "rows": options.rows,
+        "warmup_steps": options.warmup_steps,
+        "schedule": options.schedule,
         "write_tokens": options.write_tokens,
         "write_chunk_tokens": options.write_chunk_tokens,
         "processes": processes,
@@ -374,7 +416,8 @@ def train(
     random.seed(options.seed)
     torch.manual_seed(options.seed)
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
-    schedule = _Schedule(len(train_episodes), options.seed, options.grad_accum, accelerator.num_processes)
+    per_step = options.grad_accum * options.rows
+    schedule = _Schedule(len(train_episodes), options.seed, per_step, accelerator.num_processes, options.shuffle)
     total = options.steps or (options.epochs or 1) * schedule.steps_per_epoch
     run = {
         "seed": options.seed,
@@ -383,6 +426,8 @@ def train(
         "write_chunk_tokens": options.write_chunk_tokens,
         "processes": accelerator.num_processes,
         "data_sha256": fingerprint(train_episodes),
+        **({"rows": options.rows} if options.rows != 1 else {}),  # which episodes each step takes
+        **({"shuffle": False} if not options.shuffle else {}),
     }
     done, rows = 0, []
     if resume is not None:
@@ -409,8 +454,13 @@ def train(
         disable=not (options.progress and accelerator.is_local_main_process),
     )
     while done < total:
-        micro_steps = range(options.grad_accum)
-        episodes = [train_episodes[schedule.index(done, micro, accelerator.process_index)] for micro in micro_steps]
+        episodes = [
+            [train_episodes[schedule.index(done, micro * options.rows + row, accelerator.process_index)]
+             for row in range(options.rows)]
+            for micro in range(options.grad_accum)
+        ]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(options, done, total)
         loss = _optimizer_step(model, optimizer, params, episodes, options, segmented, accelerator)
         mem.reset()  # let the last episode's graph go
         done += 1
@@ -432,7 +482,8 @@ def train(
     summary = _summary(rows, total, train_episodes, held_out, options, accelerator.num_processes, run["data_sha256"])
     summary.update(data=data, started_from=started_from, resumed_from=str(resume) if resume is not None else None)
     if accelerator.is_main_process:
-        save_adapter(mem, output, base_model_id=base_model_id, extra={"training": summary})
+        extra: dict[str, Any] = {"training": summary, **({"prompt": options.prompt} if options.prompt else {})}
+        save_adapter(mem, output, base_model_id=base_model_id, extra=extra)
         write_csv(rows, output / CURVE_CSV)
         if not write_png(rows, output / CURVE_PNG):
             log.warning(

@@ -82,38 +82,6 @@ def test_backbone_histories_draw_keys_from_few_families(recall):
         recall.make_story(vocab, 7, rng, families=1)
 
 
-@pytest.mark.parametrize("variant", ["TSW", "SSW", "MSW"])
-def test_batched_training_loss_is_the_episodes_one_by_one(recall, variant):
-    """Training writes 3 episodes at once (independent rows) and reads each episode's queries
-    from its own state; its loss is the one from writing and reading the episodes one by one."""
-    import torch
-    import torch.nn.functional as F
-
-    import memory
-    from tests.memory.helpers import strengthen
-
-    vocab = recall.Vocab()
-    model = recall.build_backbone(vocab, seed=0).eval()
-    mem = memory.attach(model, recall.VARIANTS[variant])
-    strengthen(mem)
-    rng = random.Random(2)
-    stories = [recall.make_story(vocab, k, rng) for k in (1, 5, 3)]
-
-    def summed_loss(story, written):
-        recall.write_history(mem, written)
-        keys, values = zip(*story.facts)
-        return F.cross_entropy(recall.read_logits(mem, vocab, keys), torch.tensor(values), reduction="sum")
-
-    queries = sum(len(s.facts) for s in stories)
-    with torch.no_grad():
-        batched = recall.episodes_loss(mem, vocab, stories)
-        assert mem.rows is None, "training leaves one shared state per store behind"
-        alone = sum(summed_loss(s, s) for s in stories) / queries
-        swapped = sum(summed_loss(s, w) for s, w in zip(stories, stories[1:] + stories[:1])) / queries
-    assert torch.allclose(batched, alone, rtol=1e-4), (float(batched), float(alone))
-    assert not torch.allclose(batched, swapped, rtol=1e-3), "rows read from the wrong episode would show"
-
-
 def test_quick_run_prints_the_table_and_replays_identically(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(

@@ -113,3 +113,32 @@ def test_doctor_exits_1_when_the_model_is_not_cached_offline(tmp_path, project):
     cache_repo(tmp_path, "acme/tiny")
     cached = run(tmp_path, "--model", "acme/tiny", "--adapter", "none", "doctor", cwd=root)
     assert cached.returncode == 0 and "hints:" not in cached.stdout, cached.stdout
+
+
+def test_doctor_says_which_prompt_shape_completions_take_and_why(tmp_path, model_dirs):
+    import memory
+    from tests.memory.helpers import write_official
+    from tests.tiny_models import load_tiny_model
+
+    model = str(model_dirs["qwen3"])
+    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig())
+    chat = memory.save_adapter(mem, tmp_path / "chat", extra={"prompt": "chat"})
+    plain = memory.save_adapter(mem, tmp_path / "plain")
+    official = write_official(tmp_path / "official", mem)
+
+    def line(adapter: str) -> str:
+        result = run(tmp_path, "--model", model, "--adapter", adapter, "doctor")
+        return next(text for text in result.stdout.splitlines() if text.startswith("completion prompts:"))
+
+    assert line(str(chat)) == (
+        'completion prompts: chat (the adapter was trained on chat prompts (its config\'s "prompt"))'
+    )
+    assert line(str(official)) == (
+        "completion prompts: chat (an official δ-mem release adapter, trained on chat conversations)"
+    )
+    assert line(str(plain)) == (
+        "completion prompts: fim (the adapter records no prompt shape, and the tokenizer has the FIM tokens)"
+    )
+    assert line("none") == (
+        "completion prompts: fim (a fresh adapter records no prompt shape, and the tokenizer has the FIM tokens)"
+    )

@@ -177,3 +177,40 @@ def test_threads_are_set_on_the_thread_that_loads(model_dirs):
         worker.close()
     with pytest.raises(ValueError, match="threads"):
         EngineOptions(threads=0)
+
+
+def test_completions_take_the_prompt_shape_the_adapter_records(model_dirs, tmp_path):
+    import shutil
+
+    from dmem_lsp.assist import complete
+    from dmem_lsp.prompts import completion_prompt
+    from dmem_lsp.settings import CompletionSettings
+    from dmem_lsp.workspace_config import AdapterSource
+    from tests.tiny_models import load_tiny_model, save_tiny_tokenizer
+
+    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig())
+    strengthen(mem, seed=6)
+    chat = memory.save_adapter(mem, tmp_path / "chat", extra={"prompt": "chat"})
+    fim = memory.save_adapter(mem, tmp_path / "fim", extra={"prompt": "fim"})
+    plain = memory.save_adapter(mem, tmp_path / "plain")
+    model = str(model_dirs["qwen3"])
+    engine = Engine.load(EngineOptions(model=model, adapter=str(chat), device="cpu"))
+    assert engine.active.prompt == "chat"
+    settings = CompletionSettings(max_tokens=6)
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+
+    def generated(shape):
+        ids = completion_prompt(engine.tokenizer, prefix, suffix, settings.prefix_tokens, settings.suffix_tokens, shape)
+        return engine.generate(ids.input_ids, max_new_tokens=6, stop=["\n"]).text
+
+    assert generated("chat") != generated("fim"), "the two shapes must be told apart by their output"
+    assert complete(engine, prefix, suffix, settings).text == generated("chat")
+    engine.use(engine.adapter(AdapterSource(str(plain))))  # no record: the tokenizer's FIM tokens decide
+    assert engine.active.prompt is None
+    assert complete(engine, prefix, suffix, settings).text == generated("fim")
+
+    no_fim = tmp_path / "no-fim"
+    shutil.copytree(model_dirs["qwen3"], no_fim)
+    save_tiny_tokenizer(no_fim, fim=False)
+    with pytest.raises(EngineError, match="trained on fill-in-the-middle prompts, but this model's tokenizer has no"):
+        Engine.load(EngineOptions(model=str(no_fim), adapter=str(fim), device="cpu"))

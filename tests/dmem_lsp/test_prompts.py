@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dmem_lsp.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap, window
+from dmem_lsp.prompts import (
+    completion_prompt,
+    explain_prompt,
+    is_multiline,
+    recorded_shape,
+    shape_reason,
+    trim_suffix_overlap,
+    window,
+)
 from tests.tiny_models import save_tiny_tokenizer
 
 
@@ -142,3 +150,33 @@ def test_a_huge_document_is_not_tokenized_whole(tokenizers):
     explained = explain_prompt(counting, source, source, "python", budget=1024)
     assert counting.encoded < 20_000, f"{counting.encoded} characters tokenized"
     assert explained.input_ids == explain_prompt(fim, source[:20_000], source[-20_000:], "python", budget=1024).input_ids
+
+
+def test_the_shape_asked_for_wins_over_the_tokenizer(tokenizers):
+    fim, chat = tokenizers
+    as_chat = completion_prompt(fim, "x = ", "\nprint(x)", 64, 64, shape="chat")
+    assert not as_chat.fim and fim.decode(as_chat.input_ids).startswith("<|im_start|>user\n")
+    assert fim.decode(as_chat.input_ids) == chat.decode(completion_prompt(chat, "x = ", "\nprint(x)", 64, 64).input_ids)
+    assert completion_prompt(fim, "x = ", "", 64, 64, shape="fim").fim
+    assert completion_prompt(fim, "x = ", "", 64, 64, shape=None).fim  # today's rule: the tokenizer's FIM tokens
+    with pytest.raises(ValueError, match="FIM tokens"):
+        completion_prompt(chat, "x = ", "", 64, 64, shape="fim")
+    with pytest.raises(ValueError, match="'raw'"):
+        completion_prompt(fim, "x = ", "", 64, 64, shape="raw")
+
+
+def test_the_adapter_record_decides_the_shape_and_says_why(tokenizers):
+    fim, chat = tokenizers
+    assert recorded_shape({"prompt": "fim"}, "Qwen/Qwen3-4B-Instruct-2507")[0] == "fim"  # the trainer's record wins
+    assert recorded_shape({"prompt": "chat"})[0] == "chat"
+    assert recorded_shape({"format": "official"}) == (
+        "chat", "an official δ-mem release adapter, trained on chat conversations"
+    )
+    assert recorded_shape(None, "Qwen/Qwen3-4B-Instruct-2507")[0] == "chat"  # the default model is a chat model
+    assert recorded_shape({"format_version": 1}, "Qwen/Qwen3-4B-Instruct-2507")[0] == "chat"
+    assert recorded_shape({"format_version": 1}, "some/coder") == (None, "the adapter records no prompt shape")
+    assert recorded_shape({"prompt": "raw"})[0] is None
+    assert shape_reason(fim, None, "a fresh adapter records no prompt shape") == (
+        "fim", "a fresh adapter records no prompt shape, and the tokenizer has the FIM tokens"
+    )
+    assert shape_reason(chat, None, "x")[0] == "chat" and shape_reason(chat, "chat", "why") == ("chat", "why")

@@ -3,6 +3,7 @@ asked for, and secrets or ignored files never enter an episode."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -96,6 +97,35 @@ def test_too_little_history_is_refused(tmp_path, tokenizer):
         WorkspaceOptions(max_commits=0)
 
 
+def test_queries_take_the_shape_trained_for_with_the_cursor_inside_the_file(repo, tokenizer):
+    commit(repo, "doc", {
+        "app.py": 'def add(a, b):\n    """The sum."""\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n'
+                  "\n\ndef mul(a, b):\n    return a * b\n",
+    })
+    fim = workspace_episodes(repo, tokenizer)[-1]
+    chat = workspace_episodes(repo, tokenizer, WorkspaceOptions(prompt="chat"))[-1]
+    assert (fim.history, fim.target) == (chat.history, chat.target)
+    assert tokenizer.decode(fim.target).startswith('    """The sum."""\n')
+    assert tokenizer.decode(fim.query).startswith("<|fim_prefix|>def add(a, b):\n<|fim_suffix|>    return a + b")
+    text = tokenizer.decode(chat.query)
+    assert text.startswith("<|im_start|>user\nComplete the code at <CURSOR>")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "def add(a, b):\n<CURSOR>    return a + b\n" in text
+    with pytest.raises(ValueError, match="prompt='raw'"):
+        WorkspaceOptions(prompt="raw")
+
+
+def test_history_pieces_are_the_server_write_passes_within_its_budgets(repo, tokenizer):
+    episodes = workspace_episodes(repo, tokenizer, WorkspaceOptions(write_chunk_tokens=8, convention_file_tokens=12))
+    history = episodes[-1].history
+    assert max(len(piece) for piece in history) == 8
+    convention = tokenizer.encode("Project file pyproject.toml:\n[tool.ruff]\nline-length = 100\n")[:12]
+    assert list(history[0] + history[1]) == convention[:8] + convention[8:12]  # cut to 12 tokens, passes of 8
+    assert tokenizer.decode(history[2]).startswith("Edit to ")
+    spent = workspace_episodes(repo, tokenizer, WorkspaceOptions(convention_tokens=0))[-1].history
+    assert not tokenizer.decode(spent[0]).startswith("Project file"), "a spent budget writes no convention file"
+
+
 def test_adapter_train_on_a_workspace(repo, model_dirs, tmp_path, capsys):
     output = tmp_path / "adapter"
     code = main([
@@ -105,3 +135,22 @@ def test_adapter_train_on_a_workspace(repo, model_dirs, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert (output / "adapter.safetensors").is_file() and (output / "loss.csv").is_file()
     assert "saved" in capsys.readouterr().out
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["prompt"] == "fim"  # this tokenizer has the FIM tokens and the fresh adapter records nothing
+    assert (config["training"]["schedule"], config["training"]["rows"]) == ("cosine", 1)
+
+    chat = tmp_path / "chat"
+    code = main([
+        "adapter", "train", "--model", str(model_dirs["qwen3"]), "--workspace", str(repo), "--output", str(chat),
+        "--steps", "2", "--rows", "2", "--schedule", "constant", "--warmup-steps", "1", "--prompt", "chat",
+        "--eval-fraction", "0", "--device", "cpu", "--no-progress",
+    ])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((chat / "adapter_config.json").read_text())
+    assert config["prompt"] == "chat"
+    assert (config["training"]["rows"], config["training"]["schedule"], config["training"]["warmup_steps"]) == (
+        2, "constant", 1
+    )
+    capsys.readouterr()
+    assert main(["adapter", "info", str(chat)]) == 0
+    assert "prompt      chat: the adapter was trained on chat prompts" in capsys.readouterr().out

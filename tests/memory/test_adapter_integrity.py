@@ -34,6 +34,7 @@ def edit(path, change):
         pytest.param(lambda m: m["delta_mem"].update(write="segment"), id="write-token-to-segment"),
         pytest.param(lambda m: m["base_model"].update(id="someone/else"), id="base-model-id"),
         pytest.param(lambda m: m["base_model"].update(model_type="llama"), id="model-type"),
+        pytest.param(lambda m: m.update(prompt="fim"), id="prompt-shape-added"),
     ],
 )
 def test_a_changed_config_is_refused_naming_it(model_dirs, saved, change):
@@ -42,6 +43,16 @@ def test_a_changed_config_is_refused_naming_it(model_dirs, saved, change):
         memory.read_adapter(saved)
     with pytest.raises(AdapterError, match="config_sha256"):
         memory.load_adapter(load_tiny_model(model_dirs["qwen3"]), saved)
+
+
+def test_the_recorded_prompt_shape_is_checksummed_and_optional(model_dirs, saved, tmp_path):
+    assert "prompt" not in memory.read_adapter(saved)[2]  # a config without the key loads
+    mem = memory.load_adapter(load_tiny_model(model_dirs["qwen3"]), saved)
+    chat = memory.save_adapter(mem, tmp_path / "chat", extra={"prompt": "chat"})
+    assert memory.read_adapter(chat)[2]["prompt"] == "chat"
+    edit(chat, lambda m: m.update(prompt="fim"))
+    with pytest.raises(AdapterError, match="does not match its config_sha256"):
+        memory.read_adapter(chat)
 
 
 def test_a_version_1_adapter_still_loads_and_says_its_config_is_unverified(model_dirs, saved, caplog):
