@@ -8,8 +8,9 @@ server's handlers stay thin and these can be tested and benchmarked without a se
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from . import texts
 from .prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
@@ -33,7 +34,7 @@ class Answer:
 
 
 def complete(
-    engine: "Engine",
+    engine: Engine,
     prefix: str,
     suffix: str,
     settings: CompletionSettings,
@@ -71,7 +72,7 @@ def word_before(prefix: str) -> str:
 
 
 def explain(
-    engine: "Engine",
+    engine: Engine,
     code: str,
     context: str,
     language: str,
@@ -87,12 +88,12 @@ def explain(
     return Answer(generation.text.strip() or NO_EXPLANATION, len(generation.token_ids), generation.cancelled)
 
 
-def tokenize_for_write(engine: "Engine", text: str, limit: int | None = None) -> list[int]:
+def tokenize_for_write(engine: Engine, text: str, limit: int | None = None) -> list[int]:
     """The token ids a write pass over ``text`` takes (the first ``limit`` of them)."""
     return texts.write_ids(engine.tokenizer, text, limit)
 
 
-def write_memory(engine: "Engine", store: str, ids: list[int]) -> dict:
+def write_memory(engine: Engine, store: str, ids: list[int]) -> dict:
     """One write pass of ``ids`` into ``store``; returns every store's state afterwards.
 
     With a segment-write (SSW) adapter the pass is one segment: it is written once, as the

@@ -12,9 +12,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from memory.config import DEFAULT_STORES as STORES  # the store names, defined once (torch-free)
 
@@ -188,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         return adapter_cli.run(args)
     if args.reset_memory or args.command == "memory":
         from . import memory_cli
-
         from .roots import workspace_root
 
         given = getattr(args, "memory_workspace", None) or args.workspace

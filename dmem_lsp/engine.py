@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -236,7 +237,7 @@ class Engine:
         progress: Callable[[str], None] = lambda message: None,
         device: torch.device | None = None,
         prefer: AdapterSource | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """Load the model and its adapter; ``progress`` hears each stage as it starts.
 
         ``device`` overrides ``options.device`` with one exact device (a training process

@@ -21,9 +21,9 @@ from pygls.uris import to_fs_path
 
 from . import assist, explanations, texts
 from .documents import use_documents
+from .learning import log_failure, looks_like_an_error
 from .prompts import MAX_CHARS_PER_TOKEN, window
 from .protocol import as_json
-from .learning import log_failure, looks_like_an_error
 from .server import DmemServer, RequestFailed
 
 __all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]

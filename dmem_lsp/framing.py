@@ -26,8 +26,9 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, BinaryIO, Callable, Union
+from typing import BinaryIO, Union
 
 __all__ = ["MAX_MESSAGE_BYTES", "Frame", "Junk", "FrameParser", "serve", "stdin_chunks"]
 

@@ -34,8 +34,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.uris import to_fs_path
@@ -45,8 +46,8 @@ from watchdog.observers import Observer
 from . import assist, texts
 from .policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
 from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
-from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
 from .worker import Priority
+from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
 
 if TYPE_CHECKING:
     from .engine import LoadedAdapter
@@ -73,7 +74,7 @@ class WorkspaceMemory:
     """One workspace folder's memory: states, files, policy, adapter and editor snapshots."""
 
     def __init__(
-        self, root: Path, config: WorkspaceConfig, adapter: "LoadedAdapter", user: "Callable[[], MemorySettings]"
+        self, root: Path, config: WorkspaceConfig, adapter: LoadedAdapter, user: Callable[[], MemorySettings]
     ) -> None:
         self.root = root.resolve()
         self.uri = self.root.as_uri()
@@ -104,7 +105,7 @@ class WorkspaceMemory:
         self.watches: list[Any] = []
 
     @property
-    def settings(self) -> "MemorySettings":
+    def settings(self) -> MemorySettings:
         """The editor's memory settings with the folder's config laid over them."""
         return self.config.memory_settings(self._user())
 
@@ -124,7 +125,7 @@ class WorkspaceMemory:
 class _Watcher(FileSystemEventHandler):
     """Hands file events from the observer thread to the event loop."""
 
-    def __init__(self, learner: "Learner", memory: WorkspaceMemory, requests: bool = False) -> None:
+    def __init__(self, learner: Learner, memory: WorkspaceMemory, requests: bool = False) -> None:
         self.learner, self.memory, self.requests = learner, memory, requests
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -139,7 +140,7 @@ class _Watcher(FileSystemEventHandler):
 class Learner:
     """Every workspace folder's memory, and the writes into it."""
 
-    def __init__(self, server: "DmemServer") -> None:
+    def __init__(self, server: DmemServer) -> None:
         self.server = server
         self.folders: dict[Path, WorkspaceMemory] = {}
         self.active: tuple[WorkspaceMemory | None, int] | None = None

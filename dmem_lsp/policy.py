@@ -62,7 +62,7 @@ class Verdict(tuple):
 
     redacted: tuple[str, ...]
 
-    def __new__(cls, text: str | None, refusal: Refusal | None, redacted: tuple[str, ...] = ()) -> "Verdict":
+    def __new__(cls, text: str | None, refusal: Refusal | None, redacted: tuple[str, ...] = ()) -> Verdict:
         verdict = super().__new__(cls, (text, refusal))
         verdict.redacted = tuple(redacted)
         return verdict

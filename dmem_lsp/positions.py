@@ -14,8 +14,8 @@ A document whose lines before the cursor are also broken by something else (a lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lsprotocol import types
 
@@ -36,7 +36,7 @@ class LineCache:
     start: int = 0
     clean: int = 0
 
-    def use(self, text: str) -> "LineCache":
+    def use(self, text: str) -> LineCache:
         """This cache, emptied first unless it is about ``text`` (the very object)."""
         if self.text is not text:
             self.text, self.line, self.start, self.clean = text, 0, 0, 0

@@ -37,8 +37,8 @@ import math
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 __all__ = ["Finding", "Screened", "scan", "screen", "MOSTLY_SECRET"]
 
@@ -150,13 +150,13 @@ class _Detectors:
     """detect-secrets' plugins and filters, loaded on first use (it imports requests: ~0.3 s)."""
 
     _lock = threading.Lock()
-    _loaded: "_Detectors | None" = None
+    _loaded: _Detectors | None = None
 
     def __init__(self) -> None:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
         from detect_secrets.filters import heuristic
         from detect_secrets.plugins.base import RegexBasedDetector
-        from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin, HexHighEntropyString
+        from detect_secrets.plugins.high_entropy_strings import HexHighEntropyString, HighEntropyStringsPlugin
         from detect_secrets.plugins.keyword import KeywordDetector
 
         classes = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda c: c.__name__)
@@ -179,7 +179,7 @@ class _Detectors:
         ]
 
     @classmethod
-    def get(cls) -> "_Detectors":
+    def get(cls) -> _Detectors:
         with cls._lock:
             if cls._loaded is None:
                 cls._loaded = cls()

@@ -21,8 +21,9 @@ text and a tokenizer; nothing here knows the server or torch.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
     "CONVENTION_DEPTH",

@@ -112,7 +112,7 @@ def rows_loss(mem: Memory, rows: Rows, use_memory: bool = True) -> torch.Tensor:
     first = width - keep
     predicted = torch.cat([
         logits[r, start - first : start - first + len(target)]
-        for r, (start, target) in enumerate(zip(rows.starts, rows.targets))
+        for r, (start, target) in enumerate(zip(rows.starts, rows.targets, strict=True))
     ])
     loss = F.cross_entropy(predicted.float(), torch.cat(rows.targets))
     mem.reset()  # one shared state per store again (the graph keeps what backward needs)

@@ -30,10 +30,11 @@ import logging
 import math
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -177,6 +178,8 @@ class EpisodeLoss(nn.Module):
         Or ``Rows`` alone: several episodes at once (``memory.batching.rows_loss``)."""
         if isinstance(passes, Rows):
             return rows_loss(self.memory, passes, use_memory)
+        if sequence is None or target is None:
+            raise TypeError("EpisodeLoss: write passes need a sequence and a target")
         self.memory.reset()
         if use_memory:
             for history, segments in passes:
@@ -232,7 +235,7 @@ def freeze_backbone(mem: Memory) -> list[nn.Parameter]:
     return params
 
 
-def make_accelerator(device: str = "auto", grad_accum: int = 1) -> "Accelerator":
+def make_accelerator(device: str = "auto", grad_accum: int = 1) -> Accelerator:
     """An ``accelerate.Accelerator`` for ``device`` (auto, cuda or cpu): bf16 autocast on a CUDA
     GPU that supports it, none on the CPU. Under ``accelerate launch`` each process gets its GPU."""
     if device not in ("auto", "cuda", "cpu"):
@@ -251,7 +254,7 @@ def evaluate(
     mem: Memory,
     episodes: Sequence[Episode],
     write_tokens: int,
-    accelerator: "Accelerator | None" = None,
+    accelerator: Accelerator | None = None,
     chunk_tokens: int = 0,
 ) -> dict[str, float | None]:
     """Held-out loss (per target token) with memory, and with the state zeroed.
@@ -268,6 +271,8 @@ def evaluate(
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
     with autocast:
         for episode in episodes[rank::processes]:
+            inputs: tuple[Any, ...]
+            model: nn.Module
             if episode.reads:  # several reads of one history: one batch of reads
                 inputs, model = (rows_tensors([episode], write_tokens, device, chunk_tokens),), rows_loss
             else:
@@ -326,11 +331,12 @@ def _optimizer_step(
     episodes: list[list[Episode]],
     options: TrainOptions,
     segmented: bool,
-    accelerator: "Accelerator",
+    accelerator: Accelerator,
 ) -> float:
     """One optimizer step over ``episodes`` (``rows`` per micro-step); returns their mean loss, over all processes."""
     losses = []
     for batch in episodes:
+        inputs: tuple[Any, ...]
         if len(batch) == 1 and not batch[0].reads:  # one episode: the single-row path, as before rows existed
             inputs = episode_tensors(
                 batch[0], options.write_tokens, segmented, accelerator.device, options.write_chunk_tokens
@@ -389,7 +395,7 @@ def train(
     options: TrainOptions,
     output: str | Path,
     *,
-    accelerator: "Accelerator | None" = None,
+    accelerator: Accelerator | None = None,
     resume: str | Path | None = None,
     base_model_id: str | None = None,
     data: str = "",
