@@ -133,6 +133,7 @@ def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpo
     mem.reset()
     generator = torch.Generator().manual_seed(seed + 1)
     written, rows = 0, []
+    every = max(chunk, checkpoints[-1] // 10)  # a progress line on stderr, with the memory so far
     with torch.inference_mode():
         for target in checkpoints:
             while written < target:
@@ -141,8 +142,11 @@ def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpo
                 with mem.writing(store="edits"):
                     model(input_ids=ids, use_cache=False, logits_to_keep=1)
                 written += size
+                if written // every > (written - size) // every and written != target:
+                    rss, peak = rss_mib()
+                    print(f"growth: {written:,} tokens written, RSS {rss:.1f} MiB, peak {peak:.1f} MiB", file=sys.stderr, flush=True)
             rows.append((written, *rss_mib()))
-            print(f"growth: {written:,} tokens written", file=sys.stderr, flush=True)
+            print(f"growth: {written:,} tokens written, RSS {rows[-1][1]:.1f} MiB, peak {rows[-1][2]:.1f} MiB", file=sys.stderr, flush=True)
     return rows
 
 
