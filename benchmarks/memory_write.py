@@ -12,14 +12,16 @@ side, chunk by chunk and in a rotating order:
 
 Each pass computes the last token's logits only, as the server's write does. Passes are
 timed in CPU seconds of this process (wall time on a shared machine measures the other
-processes). The script prints every pass's time per repeat, the ratios write / plain (target ≤ 1.05×) and
-non-zero read / zero read (target ≤ 1.02×) as medians of the per-repeat ratios, the time to
-save and load the state file through the server's own store (safetensors, fsync, rename),
-its size, and the process's memory (RSS and its peak) after writing 1k and ``--growth``
-tokens (target: no growth; ``--growth-hidden`` runs that part on a narrower model of the
-same depth, where the machine is too slow for the full width).
+processes). The script prints every pass's time per repeat and the ratios write / plain (target
+≤ 1.05×) and non-zero read / zero read (target ≤ 1.02×): the headline is the median of the
+per-chunk ratios (each chunk's three passes ran back to back, so a burst of load from other
+processes falls on all three), beside the ratio of the totals. Then the time to save and
+load the state file through the server's own store (safetensors, fsync, rename), its size,
+and the process's memory (RSS and its peak) after writing 1k and ``--growth`` tokens into a
+fresh state on the same model (target: no growth; ``--growth 0`` skips it, ``--growth-hidden``
+runs it on a narrower model of the same depth, where the machine is too slow for the full width).
 
-    .venv/bin/python benchmarks/memory_write.py [--tokens 8192] [--chunk 256] [--repeats 3] [--threads 1]
+    .venv/bin/python benchmarks/memory_write.py [--tokens 8192] [--chunk 256] [--repeats 1] [--seed 0] [--threads 1]
     .venv/bin/python benchmarks/memory_write.py --quick
 """
 
@@ -73,26 +75,28 @@ def forward(model, ids: torch.Tensor) -> float:
     return time.process_time() - start
 
 
-def passes(model, mem: memory.Memory, tokens: torch.Tensor, chunk: int) -> dict[str, float]:
-    """Seconds of each kind of pass over ``tokens``, chunk by chunk, the order rotating."""
-    totals = {"plain": 0.0, "write": 0.0, "read": 0.0}
+def passes(model, mem: memory.Memory, tokens: torch.Tensor, chunk: int) -> list[dict[str, float]]:
+    """Seconds of each kind of pass on every chunk of ``tokens``, the order rotating."""
+    chunks = []
     written = mem.states()
     for i, start in enumerate(range(0, tokens.shape[1], chunk)):
         ids = tokens[:, start : start + chunk]
+        times = {}
         for kind in ("plain", "write", "read")[i % 3 :] + ("plain", "write", "read")[: i % 3]:
             if kind == "plain":
                 mem.reset()
-                totals[kind] += forward(model, ids)
+                times[kind] = forward(model, ids)
             elif kind == "write":
                 mem.load_states(written)
                 with mem.writing(store="edits"):
-                    totals[kind] += forward(model, ids)
+                    times[kind] = forward(model, ids)
                 written = mem.states()
             else:
                 mem.load_states(written)
-                totals[kind] += forward(model, ids)
+                times[kind] = forward(model, ids)
+        chunks.append(times)
     mem.load_states(written)
-    return totals
+    return chunks
 
 
 def rss_mib() -> tuple[float, float]:
@@ -124,20 +128,25 @@ def state_file(mem: memory.Memory, repeats: int) -> tuple[list[float], list[floa
         return saves, loads, store.state_path.stat().st_size
 
 
-def growth(shape: dict, seed: int, chunk: int, checkpoints: list[int]) -> list[tuple[int, float, float]]:
-    """(tokens written, RSS MiB, peak RSS MiB) after writing up to each checkpoint."""
-    model, mem = build(shape, seed)
+def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpoints: list[int]) -> list[tuple[int, float, float]]:
+    """(tokens written into a fresh state, RSS MiB, peak RSS MiB) after writing up to each checkpoint."""
+    mem.reset()
     generator = torch.Generator().manual_seed(seed + 1)
     written, rows = 0, []
+    every = max(chunk, checkpoints[-1] // 10)  # a progress line on stderr, with the memory so far
     with torch.inference_mode():
         for target in checkpoints:
             while written < target:
                 size = min(chunk, target - written)
-                ids = torch.randint(3, shape["vocab_size"], (1, size), generator=generator)
+                ids = torch.randint(3, vocab, (1, size), generator=generator)
                 with mem.writing(store="edits"):
                     model(input_ids=ids, use_cache=False, logits_to_keep=1)
                 written += size
+                if written // every > (written - size) // every and written != target:
+                    rss, peak = rss_mib()
+                    print(f"growth: {written:,} tokens written, RSS {rss:.1f} MiB, peak {peak:.1f} MiB", file=sys.stderr, flush=True)
             rows.append((written, *rss_mib()))
+            print(f"growth: {written:,} tokens written, RSS {rows[-1][1]:.1f} MiB, peak {rows[-1][2]:.1f} MiB", file=sys.stderr, flush=True)
     return rows
 
 
@@ -145,14 +154,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=256, help="tokens per pass (the server's write chunk)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="passes over --tokens (each chunk is a measured triple)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--growth", type=int, default=100_000, help="tokens written for the memory-growth rows")
+    parser.add_argument("--growth", type=int, default=100_000, help="tokens written for the memory-growth rows (0: skip)")
     parser.add_argument("--growth-hidden", type=int, default=None, help="hidden size of the growth model (default: the same)")
+    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the whole run")
     parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the script, not a figure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        parser.error("--flush-denormal: this CPU cannot flush denormals")
     shape = QUICK_SHAPE if args.quick else QWEN3_SHAPE
     if args.quick:
         args.tokens, args.chunk, args.repeats, args.growth = 256, 64, 2, 4000
@@ -163,41 +175,54 @@ def main() -> None:
     tokens = torch.randint(3, shape["vocab_size"], (1, args.tokens), generator=generator)
     with torch.inference_mode():
         passes(model, mem, tokens[:, : args.chunk], args.chunk)  # warm-up, and a non-zero state to start from
-        runs = [passes(model, mem, tokens, args.chunk) for _ in range(args.repeats)]
+        runs = []
+        for repeat in range(args.repeats):
+            runs.append(passes(model, mem, tokens, args.chunk))
+            print(f"repeat {repeat + 1} of {args.repeats} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     saves, loads, size = state_file(mem, max(5, args.repeats))
-    del model, mem
-    gc.collect()
 
     print(
         f"random Qwen3: hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocab {shape['vocab_size']}; "
         f"δ-mem TSW rank 8; {args.tokens} tokens in chunks of {args.chunk}; {args.repeats} repeats, "
-        f"seed {args.seed}, {args.threads} thread(s)"
+        f"seed {args.seed}, {args.threads} thread(s)" + (", denormals flushed" if args.flush_denormal else "")
     )
     print(f"  {'pass':<30}" + "".join(f"{f'repeat {i + 1} CPU s':>15}" for i in range(args.repeats)) + f"{'median':>9}")
     names = {"plain": "plain forward (zero state)", "write": "write pass", "read": "read, non-zero state"}
+    totals = [{kind: sum(c[kind] for c in run) for kind in names} for run in runs]
     for kind, name in names.items():
-        values = [run[kind] for run in runs]
+        values = [total[kind] for total in totals]
         print(f"  {name:<30}" + "".join(f"{v:>15.3f}" for v in values) + f"{statistics.median(values):>9.3f}")
+    triples = [c for run in runs for c in run]
     for label, top, bottom, target in (
         ("write pass / plain forward", "write", "plain", 1.05),
         ("read non-zero / zero state", "read", "plain", 1.02),
     ):
-        ratios = [run[top] / run[bottom] for run in runs]
+        ratios = sorted(c[top] / c[bottom] for c in triples)
         median = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [median] * 3
+        whole = sum(t[top] for t in totals) / sum(t[bottom] for t in totals)
         print(
-            f"  {label:<30} {median:.3f}x  (per repeat {', '.join(f'{r:.3f}' for r in ratios)}; "
-            f"target ≤ {target:.2f}x: {'met' if median <= target else 'NOT met'})"
+            f"  {label:<30} {median:.3f}x  (median of {len(ratios)} chunks, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
+            f"totals {whole:.3f}x; target ≤ {target:.2f}x: {'met' if median <= target else 'NOT met'})"
         )
     print(
         f"  state file {size:,} bytes; save p50 {statistics.median(saves) * 1000:.2f} ms, "
         f"load p50 {statistics.median(loads) * 1000:.2f} ms ({len(saves)} each)"
     )
 
-    growth_shape = shape if args.growth_hidden is None else dict(
-        shape, hidden_size=args.growth_hidden, intermediate_size=3 * args.growth_hidden,
-        head_dim=max(16, args.growth_hidden // shape["num_attention_heads"]),
-    )
-    rows = growth(growth_shape, args.seed, args.chunk, [1000, args.growth])
+    if args.growth <= 0:
+        print(f"  wall time {time.perf_counter() - began:.0f} s")
+        return
+    growth_shape = shape
+    if args.growth_hidden is not None:
+        growth_shape = dict(
+            shape, hidden_size=args.growth_hidden, intermediate_size=3 * args.growth_hidden,
+            head_dim=max(16, args.growth_hidden // shape["num_attention_heads"]),
+        )
+        del model, mem
+        gc.collect()
+        model, mem = build(growth_shape, args.seed)
+    rows = growth(model, mem, growth_shape["vocab_size"], args.seed, args.chunk, [1000, args.growth])
     print(f"  process memory writing on hidden {growth_shape['hidden_size']}, {growth_shape['num_hidden_layers']} layers:")
     for written, rss, peak in rows:
         print(f"    after {written:>7,} tokens written  RSS {rss:8.1f} MiB   peak {peak:8.1f} MiB")
