@@ -54,6 +54,10 @@ class Recipe:
     backbone_batch: int = 24
     backbone_lr: float = 2e-3
     target_c: float = 0.95
+    drill_share: float = 1 / 3
+    """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
+    few_families: bool = False
+    """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
     adapter_lr: float = 2e-3
@@ -80,8 +84,8 @@ def in_context(tokenizer: Any, ws: task.Workspace, query: task.Query) -> list[in
     return prompt_ids(tokenizer, "\n".join(task.framed(ws)) + "\n" + query.prefix, query.suffix)
 
 
-def random_workspace(rng: random.Random, max_k: int) -> task.Workspace:
-    return task.make_workspace(rng.choice(task.SOURCES), rng.randint(1, max_k), rng)
+def random_workspace(rng: random.Random, max_k: int, few_families: bool = False) -> task.Workspace:
+    return task.make_workspace(rng.choice(task.SOURCES), rng.randint(1, max_k), rng, few_families=few_families)
 
 
 def value_id(tokenizer: Any, value: str) -> int:
@@ -175,10 +179,11 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
         model.train()
         k_max = min(recipe.max_k, 1 + step // 40)  # short histories first
         rows = []
+        drills = round(recipe.drill_share * recipe.backbone_batch)
         for i in range(recipe.backbone_batch):
-            ws = random_workspace(rng, k_max)
+            ws = random_workspace(rng, k_max, recipe.few_families)
             tokenizer = toks[SHAPES[i % 2]]
-            rows.append(drill(tokenizer, ws, rng) if i % 3 == 0 else prompted(tokenizer, ws, rng))
+            rows.append(drill(tokenizer, ws, rng) if i < drills else prompted(tokenizer, ws, rng))
         loss = batch_loss(model, rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
