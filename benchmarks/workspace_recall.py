@@ -323,7 +323,8 @@ def same(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict[str, int]:
 # ----------------------------------------------------------------------------- one seed
 
 
-def run_seed(seed: int, workdir: Path, ks: Sequence[int], per_k: int, recipe: Any) -> dict[str, Any]:
+def run_seed(seed: int, workdir: Path, ks: Sequence[int], per_k: int, recipe: Any,
+             shapes: Sequence[str] = ("fim", "chat")) -> dict[str, Any]:
     """Build (or reuse, from ``workdir``) the seed's models with ``recipe``, then measure every shape
     and adapter through the server."""
     import served_model
@@ -338,7 +339,8 @@ def run_seed(seed: int, workdir: Path, ks: Sequence[int], per_k: int, recipe: An
         built = served_model.build_model(models, seed, recipe=recipe)
         (models / "build.json").write_text(json.dumps(built, indent=1))
     result: dict[str, Any] = {"seed": seed, "build": built, "build_seconds": round(time.perf_counter() - start, 1)}
-    for shape, model_dir in (("fim", models / "backbone"), ("chat", models / "backbone-chat")):
+    for shape in shapes:
+        model_dir = models / ("backbone" if shape == "fim" else "backbone-chat")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         for variant in built["recipe"]["variants"]:
             adapter = str(models / f"adapter-{variant}")
