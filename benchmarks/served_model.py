@@ -64,7 +64,8 @@ class Recipe:
     variants: tuple[str, ...] = ("msw", "ssw")
 
 
-QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, backbone_lr=3e-3, drill_share=2 / 3, few_families=True,
+               adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
