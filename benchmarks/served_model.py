@@ -52,11 +52,11 @@ class Recipe:
     max_k: int = 16
     backbone_steps: int = 3000
     backbone_batch: int = 24
-    backbone_lr: float = 2e-3
+    backbone_lr: float = 3e-3
     target_c: float = 0.95
-    drill_share: float = 1 / 3
+    drill_share: float = 2 / 3
     """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
-    few_families: bool = False
+    few_families: bool = True
     """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
@@ -64,8 +64,7 @@ class Recipe:
     variants: tuple[str, ...] = ("msw", "ssw")
 
 
-QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, backbone_lr=3e-3, drill_share=2 / 3, few_families=True,
-               adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
