@@ -54,9 +54,11 @@ class Recipe:
     backbone_batch: int = 24
     backbone_lr: float = 3e-3
     target_c: float = 0.95
-    drill_share: float = 2 / 3
+    drill_share: float = 0.75
     """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
     few_families: bool = True
+    drill_asks: int = 8
+    """A drill asks every fact once, then this many times K more facts at random."""
     """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
@@ -64,7 +66,7 @@ class Recipe:
     variants: tuple[str, ...] = ("msw", "ssw")
 
 
-QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+QUICK = Recipe(max_k=4, backbone_steps=1500, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
@@ -110,9 +112,9 @@ def build_backbone(vocab: int, seed: int) -> Any:
     return transformers.Qwen3ForCausalLM(config).float()
 
 
-def drill(tokenizer: Any, ws: task.Workspace, rng: random.Random) -> tuple[list[int], list[int]]:
+def drill(tokenizer: Any, ws: task.Workspace, rng: random.Random, asks: int = 3) -> tuple[list[int], list[int]]:
     """The history's text, then every fact asked and answered: many lookups in one sequence."""
-    asked = [*ws.facts, *(rng.choice(ws.facts) for _ in range(2 * len(ws.facts)))]
+    asked = [*ws.facts, *(rng.choice(ws.facts) for _ in range(asks * len(ws.facts)))]
     text = "\n".join(task.framed(ws)) + "\n" + "".join(f"{k} = {v}\n" for k, v in asked)
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids, [1] * len(ids)
@@ -183,7 +185,7 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
         for i in range(recipe.backbone_batch):
             ws = random_workspace(rng, k_max, recipe.few_families)
             tokenizer = toks[SHAPES[i % 2]]
-            rows.append(drill(tokenizer, ws, rng) if i < drills else prompted(tokenizer, ws, rng))
+            rows.append(drill(tokenizer, ws, rng, recipe.drill_asks) if i < drills else prompted(tokenizer, ws, rng))
         loss = batch_loss(model, rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
