@@ -57,9 +57,9 @@ class Recipe:
     drill_share: float = 0.75
     """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
     few_families: bool = True
+    """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
     drill_asks: int = 8
     """A drill asks every fact once, then this many times K more facts at random."""
-    """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
     adapter_lr: float = 2e-3
