@@ -54,6 +54,9 @@ class Recipe:
     backbone_batch: int = 24
     backbone_lr: float = 3e-3
     target_c: float = 0.95
+    backbone_seconds: float | None = None
+    """Stop the backbone's training after this long whatever its (c) (a loaded machine's budget;
+    the result records the (c) reached)."""
     drill_share: float = 0.75
     """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
     few_families: bool = True
@@ -200,6 +203,12 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
                      {k: round(v, 3) for k, v in scores.items()}, time.perf_counter() - start)
             if min(scores.values()) >= recipe.target_c:
                 break
+        if recipe.backbone_seconds is not None and time.perf_counter() - start > recipe.backbone_seconds:
+            model.eval()
+            scores = in_context_accuracy(model, toks, validation)
+            curve.append((step, round(loss.item(), 4), scores))
+            log.info("backbone: out of time at step %d, (c) on validation %s", step, scores)
+            break
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)

@@ -380,6 +380,11 @@ def fmt(cell: dict[str, Any] | None) -> str:
 
 def table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
     lines = []
+    for r in results:
+        backbone = r["build"]["backbone"]
+        c = ", ".join(f"{shape} {value:.3f}" for shape, value in backbone["validation_c"].items())
+        lines.append(f"- seed {r['seed']}: backbone {backbone['steps']} steps ({backbone['seconds']:.0f} s), (c) on "
+                     f"validation workspaces: {c}; whole seed {r['seconds']:.0f} s")
     for key in [k for k in results[0] if "-" in k and isinstance(results[0][k], dict) and "b" in results[0][k]]:
         shape, variant = key.split("-")
         lines += [f"\n**{shape.upper()} prompts, {variant.upper()}** (seeds {', '.join(str(r['seed']) for r in results)};"
@@ -417,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="K = 1, 2, 4, the quick recipe: minutes, not a table to quote")
     parser.add_argument("--per-k", type=int, default=None, help="workspaces per source and K (default 8; quick 3)")
+    parser.add_argument("--shapes", nargs="+", choices=("fim", "chat"), default=["fim", "chat"])
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="override a field of the recipe (served_model.Recipe), e.g. backbone_seconds=600")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where models and workspaces go (default: a temporary directory)")
     parser.add_argument("--out", type=Path)
@@ -434,8 +442,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import served_model
 
+        import dataclasses
+
         recipe = served_model.QUICK if args.quick else served_model.Recipe()
-        results = [run_seed(seed, args.workdir, QUICK_KS if args.quick else KS, per_k, recipe) for seed in args.seeds]
+        for assignment in args.set:
+            name, _, value = assignment.partition("=")
+            value = json.loads(value)
+            recipe = dataclasses.replace(recipe, **{name: tuple(map(tuple, value)) if name == "adapter_episodes" else value})
+        ks = QUICK_KS if args.quick else KS
+        results = [run_seed(seed, args.workdir, ks, per_k, recipe, args.shapes) for seed in args.seeds]
     finally:
         if temporary is not None:
             temporary.cleanup()
