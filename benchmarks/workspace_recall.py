@@ -362,6 +362,8 @@ def run_seed(seed: int, workdir: Path, ks: Sequence[int], per_k: int, recipe: An
                 "no_memory": score(layout, none["answers"]),
                 "other_workspace": score(layout, main["answers"], against_twin=True),
                 "other_adapter": score(layout, other["answers"]),
+                "answers": {"b": main["answers"], "b_prime": again["answers"], "reset": again["reset"],
+                            "no_memory": none["answers"], "other_adapter": other["answers"]},
                 "seconds": {"main": main["seconds"], "restart": again["seconds"], "no_memory": none["seconds"],
                             "other_adapter": other["seconds"]},
             }
