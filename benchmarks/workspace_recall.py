@@ -198,9 +198,6 @@ def options(memory_enabled: bool = True) -> dict[str, Any]:
 def write_all(server: Server, layout: Layout, tokenizer: Any) -> None:
     """Send the edits and debugging steps; wait until every workspace's facts are written, and
     check each write's token count against the framing the adapter trained on."""
-    for name, _ in layout.workspaces:  # a step sent before its folder is open has no memory to go to
-        uri = layout.folder(name).as_uri().rstrip("/")
-        server.wait_event(lambda e: e.get("event") == "opened" and e.get("folder", "").rstrip("/") == uri)
     for name, ws in layout.workspaces:
         folder = layout.folder(name)
         if ws.source == "edits":
@@ -264,6 +261,10 @@ def session(model: Path, adapter: str, home: Path, layout: Layout, tokenizer: An
     start = time.perf_counter()
     server = Server(args, home, options(memory_enabled), folders)
     try:
+        # a step sent, or a completion asked, before its folder is open has no memory to go to
+        for name, _ in layout.workspaces:
+            uri = layout.folder(name).as_uri().rstrip("/")
+            server.wait_event(lambda e: e.get("event") == "opened" and e.get("folder", "").rstrip("/") == uri)
         if write:
             conventions = [layout.folder(n).as_uri().rstrip("/") for n, ws in layout.workspaces if ws.source == "conventions"]
             for uri in conventions:  # written when the folder opens, as soon as the model is ready
