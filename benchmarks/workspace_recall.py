@@ -24,7 +24,13 @@ Re-run (progress on stderr, the table in markdown on stdout, ``--out`` writes
 ``workspace_recall.md`` and ``.json``):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/workspace_recall.py [--seeds 0 1 2] [--quick] [--out DIR]
-        [--workdir DIR]   # keep the models and workspaces there (default: a temporary directory)
+        [--workdir DIR]   # keep the models and workspaces there (default: a temporary directory);
+                          # models already built there (build.json) are reused
+        [--shapes fim chat] [--set FIELD=JSON ...]   # prompt shapes; served_model.Recipe overrides
+
+On a loaded 2-core machine the quick recipe's backbone needs more than 15 minutes; the one
+end-to-end run so far capped it (``--set backbone_seconds=720``) and is a pipeline check, not
+a result (README, "Recall through the server").
 """
 
 from __future__ import annotations
