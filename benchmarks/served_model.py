@@ -29,13 +29,14 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import served_task as task  # noqa: E402
+import served_task as task
 
 log = logging.getLogger("served_model")
 
@@ -218,7 +219,7 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
 # ----------------------------------------------------------------------------- the adapters
 
 
-VARIANTS = {"msw": dict(rank=8, write="token", state_heads=4), "ssw": dict(rank=8, write="segment")}
+VARIANTS = {"msw": {"rank": 8, "write": "token", "state_heads": 4}, "ssw": {"rank": 8, "write": "segment"}}
 
 
 def episode(toks: dict[str, Any], ws: task.Workspace, query: task.Query, shape: str) -> Any:

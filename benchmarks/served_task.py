@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import difflib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "number": (("indent", "tabwidth", "maxargs", "maxdepth", "retries", "workers"),

@@ -47,19 +47,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import served_task as task  # noqa: E402
+import served_task as task
 
 log = logging.getLogger("workspace_recall")
 
-TIMEOUT = float(os.environ.get("WORKSPACE_RECALL_TIMEOUT", 300))
+TIMEOUT = float(os.environ.get("WORKSPACE_RECALL_TIMEOUT", "300"))
 """Seconds for any one wait on the server (it imports torch, loads the model, writes)."""
 KS = (1, 2, 4, 8, 16)
 QUICK_KS = (1, 2, 4)
@@ -225,8 +226,9 @@ def write_all(server: Server, layout: Layout, tokenizer: Any) -> None:
         store = ws.source
         written = []
         for _ in texts:
-            event = server.wait_event(lambda e: e.get("event") == "written" and e.get("folder", "").rstrip("/") == uri
-                                      and e.get("store") == store and id(e) not in {id(w) for w in written})
+            event = server.wait_event(lambda e, uri=uri, store=store, written=written: e.get("event") == "written"
+                                      and e.get("folder", "").rstrip("/") == uri and e.get("store") == store
+                                      and id(e) not in {id(w) for w in written})
             written.append(event)
         expected = [len(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
         got = [event.get("written") for event in written]
@@ -270,11 +272,11 @@ def session(model: Path, adapter: str, home: Path, layout: Layout, tokenizer: An
         # a step sent, or a completion asked, before its folder is open has no memory to go to
         for name, _ in layout.workspaces:
             uri = layout.folder(name).as_uri().rstrip("/")
-            server.wait_event(lambda e: e.get("event") == "opened" and e.get("folder", "").rstrip("/") == uri)
+            server.wait_event(lambda e, uri=uri: e.get("event") == "opened" and e.get("folder", "").rstrip("/") == uri)
         if write:
             conventions = [layout.folder(n).as_uri().rstrip("/") for n, ws in layout.workspaces if ws.source == "conventions"]
             for uri in conventions:  # written when the folder opens, as soon as the model is ready
-                server.wait_event(lambda e: e.get("event") == "written" and e.get("folder", "").rstrip("/") == uri)
+                server.wait_event(lambda e, uri=uri: e.get("event") == "written" and e.get("folder", "").rstrip("/") == uri)
             write_all(server, layout, tokenizer)
         out = {"answers": ask_all(server, layout, inline)}
         if reset_after:
@@ -396,8 +398,8 @@ def table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
                      f"validation workspaces: {c}; whole seed {r['seconds']:.0f} s")
     for key in [k for k in results[0] if "-" in k and isinstance(results[0][k], dict) and "b" in results[0][k]]:
         shape, variant = key.split("-")
-        lines += [f"\n**{shape.upper()} prompts, {variant.upper()}** (seeds {', '.join(str(r['seed']) for r in results)};"
-                  " each cell: per seed, then the minimum)\n",
+        lines += [(f"\n**{shape.upper()} prompts, {variant.upper()}** (seeds {', '.join(str(r['seed']) for r in results)};"
+                   " each cell: per seed, then the minimum)\n"),
                   "| row | " + " | ".join(f"K={k}" for k in ks) + " | re-assigned | chance |",
                   "|---|" + "---|" * (len(ks) + 2)]
         measures = [("(b) memory, through the server", "b"), ("reset", "reset"), ("no memory", "no_memory"),
@@ -449,9 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.workdir = Path(temporary.name)
     args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        import served_model
-
         import dataclasses
+
+        import served_model
 
         recipe = served_model.QUICK if args.quick else served_model.Recipe()
         for assignment in args.set:
