@@ -29,13 +29,14 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import served_task as task  # noqa: E402
+import served_task as task
 
 log = logging.getLogger("served_model")
 
@@ -52,15 +53,24 @@ class Recipe:
     max_k: int = 16
     backbone_steps: int = 3000
     backbone_batch: int = 24
-    backbone_lr: float = 2e-3
+    backbone_lr: float = 3e-3
     target_c: float = 0.95
+    backbone_seconds: float | None = None
+    """Stop the backbone's training after this long whatever its (c) (a loaded machine's budget;
+    the result records the (c) reached)."""
+    drill_share: float = 0.75
+    """The share of each backbone batch that is lookup drills (the rest: the server's prompts)."""
+    few_families: bool = True
+    """Backbone histories draw their keys from few families (``served_task.make_workspace``)."""
+    drill_asks: int = 8
+    """A drill asks every fact once, then this many times K more facts at random."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
     adapter_lr: float = 2e-3
     variants: tuple[str, ...] = ("msw", "ssw")
 
 
-QUICK = Recipe(max_k=4, backbone_steps=1500, backbone_batch=16, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+QUICK = Recipe(max_k=4, backbone_steps=1500, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
@@ -80,8 +90,8 @@ def in_context(tokenizer: Any, ws: task.Workspace, query: task.Query) -> list[in
     return prompt_ids(tokenizer, "\n".join(task.framed(ws)) + "\n" + query.prefix, query.suffix)
 
 
-def random_workspace(rng: random.Random, max_k: int) -> task.Workspace:
-    return task.make_workspace(rng.choice(task.SOURCES), rng.randint(1, max_k), rng)
+def random_workspace(rng: random.Random, max_k: int, few_families: bool = False) -> task.Workspace:
+    return task.make_workspace(rng.choice(task.SOURCES), rng.randint(1, max_k), rng, few_families=few_families)
 
 
 def value_id(tokenizer: Any, value: str) -> int:
@@ -106,9 +116,9 @@ def build_backbone(vocab: int, seed: int) -> Any:
     return transformers.Qwen3ForCausalLM(config).float()
 
 
-def drill(tokenizer: Any, ws: task.Workspace, rng: random.Random) -> tuple[list[int], list[int]]:
+def drill(tokenizer: Any, ws: task.Workspace, rng: random.Random, asks: int = 3) -> tuple[list[int], list[int]]:
     """The history's text, then every fact asked and answered: many lookups in one sequence."""
-    asked = [*ws.facts, *(rng.choice(ws.facts) for _ in range(2 * len(ws.facts)))]
+    asked = [*ws.facts, *(rng.choice(ws.facts) for _ in range(asks * len(ws.facts)))]
     text = "\n".join(task.framed(ws)) + "\n" + "".join(f"{k} = {v}\n" for k, v in asked)
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids, [1] * len(ids)
@@ -175,10 +185,11 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
         model.train()
         k_max = min(recipe.max_k, 1 + step // 40)  # short histories first
         rows = []
+        drills = round(recipe.drill_share * recipe.backbone_batch)
         for i in range(recipe.backbone_batch):
-            ws = random_workspace(rng, k_max)
+            ws = random_workspace(rng, k_max, recipe.few_families)
             tokenizer = toks[SHAPES[i % 2]]
-            rows.append(drill(tokenizer, ws, rng) if i % 3 == 0 else prompted(tokenizer, ws, rng))
+            rows.append(drill(tokenizer, ws, rng, recipe.drill_asks) if i < drills else prompted(tokenizer, ws, rng))
         loss = batch_loss(model, rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,6 +204,12 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
                      {k: round(v, 3) for k, v in scores.items()}, time.perf_counter() - start)
             if min(scores.values()) >= recipe.target_c:
                 break
+        if recipe.backbone_seconds is not None and time.perf_counter() - start > recipe.backbone_seconds:
+            model.eval()
+            scores = in_context_accuracy(model, toks, validation)
+            curve.append((step, round(loss.item(), 4), scores))
+            log.info("backbone: out of time at step %d, (c) on validation %s", step, scores)
+            break
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -202,7 +219,7 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
 # ----------------------------------------------------------------------------- the adapters
 
 
-VARIANTS = {"msw": dict(rank=8, write="token", state_heads=4), "ssw": dict(rank=8, write="segment")}
+VARIANTS = {"msw": {"rank": 8, "write": "token", "state_heads": 4}, "ssw": {"rank": 8, "write": "segment"}}
 
 
 def episode(toks: dict[str, Any], ws: task.Workspace, query: task.Query, shape: str) -> Any:

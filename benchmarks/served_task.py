@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import difflib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "number": (("indent", "tabwidth", "maxargs", "maxdepth", "retries", "workers"),
@@ -139,10 +140,17 @@ def make_query(key: str, value: str, index: int, rng: random.Random) -> Query:
 
 
 def make_workspace(source: str, k: int, rng: random.Random, reassign: float = 0.5,
-                   keys: Sequence[str] | None = None) -> Workspace:
+                   keys: Sequence[str] | None = None, few_families: bool = False) -> Workspace:
     """K facts among distractors, carried by ``source``. ``keys``: these keys (another workspace's)
-    with values drawn afresh."""
-    keys = list(keys) if keys is not None else rng.sample(KEYS, k)
+    with values drawn afresh. ``few_families``: the keys come from as few families as hold K
+    (or one more), so most keys share their value set with another key of the history: a
+    backbone learns the lookup by key sooner from these (benchmarks/recall.py saw the same)."""
+    pool = KEYS
+    if few_families and keys is None:
+        needed = -(-k // min(len(f[0]) for f in FAMILIES.values()))
+        chosen = rng.sample(list(FAMILIES), min(len(FAMILIES), needed + rng.randint(0, 1)))
+        pool = tuple(key for key in KEYS if FAMILY_OF[key] in chosen)
+    keys = list(keys) if keys is not None else rng.sample(pool, k)
     final = {key: rng.choice(values_of(key)) for key in keys}
     again = rng.sample(keys, rng.randint(1, max(1, k // 4))) if source != "edits" and rng.random() < reassign else []
     events = [*keys, *again]

@@ -1,0 +1,79 @@
+"""benchmarks/workspace_recall.py: the task's text and tokenizer fit both of the server's prompt
+shapes, and a tiny run goes through the real server end to end.
+
+The tiny run trains for a few steps only, so no accuracy is asserted; what is asserted holds
+for any adapter: every write the server reports has the tokens of the framing the adapter was
+trained on (the run stops otherwise), a restart answers exactly as before, and after a reset
+the answers are the no-memory ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def modules():
+    names = ("served_task", "served_model", "workspace_recall")
+    yield tuple(load(name) for name in names)
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_the_latest_assignment_is_the_answer_in_every_source(modules):
+    task = modules[0]
+    rng = random.Random(0)
+    for source in task.SOURCES:
+        for k in (1, 4, 16):
+            ws = task.make_workspace(source, k, rng)
+            text = "\n".join(task.framed(ws))
+            for key, value in ws.facts:
+                lines = [line.lstrip("+") for line in text.splitlines() if line.lstrip("+").split(" ")[0].rstrip(":") == key]
+                assert lines and lines[-1].split()[-1] == value, (source, key, lines)
+            assert [q.key for q in ws.queries] == [key for key, _ in ws.facts]
+            assert all(q.prefix.endswith(f"{q.key} =") for q in ws.queries)
+
+
+def test_values_are_one_token_and_the_chat_tokenizer_builds_chat_prompts(modules, tmp_path):
+    task, model, _ = modules
+    from transformers import AutoTokenizer
+
+    from dmem_lsp.prompts import completion_prompt
+
+    task.save_tokenizer(tmp_path / "fim", True)
+    task.save_tokenizer(tmp_path / "chat", False)
+    fim, chat = AutoTokenizer.from_pretrained(tmp_path / "fim"), AutoTokenizer.from_pretrained(tmp_path / "chat")
+    for _, values in task.FAMILIES.values():
+        for value in values:
+            assert model.value_id(fim, value) == model.value_id(chat, value)
+    query = task.make_workspace("conventions", 2, random.Random(1)).queries[0]
+    assert completion_prompt(fim, query.prefix, query.suffix, 1536, 512).fim
+    prompt = completion_prompt(chat, query.prefix, query.suffix, 1536, 512)
+    assert not prompt.fim and chat.decode(prompt.input_ids).rstrip().endswith("<|im_start|>assistant")
+
+
+@pytest.mark.timeout(1500)
+def test_a_tiny_run_through_the_server(modules, tmp_path):
+    _, model, recall = modules
+    recipe = model.Recipe(max_k=1, backbone_steps=10, backbone_batch=4, adapter_episodes=((1, 8),), variants=("msw",))
+    result = recall.run_seed(0, tmp_path, (1,), 1, recipe, shapes=("fim",))
+    row = result["fim-msw"]
+    assert row["b"]["all"]["queries"] == 3  # one workspace per source, K = 1
+    assert row["b_prime"] == {"identical": 6, "queries": 6}, "a restart must answer exactly as before (twins too)"
+    assert row["reset_is_no_memory"] == {"identical": 6, "queries": 6}
+    assert row["other_workspace"]["all"]["queries"] == 3
