@@ -24,7 +24,6 @@ token counts the real server reports for every write.
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,18 +198,18 @@ def lay_out(workspace: Workspace, root: Path) -> Path:
 def framed(workspace: Workspace) -> list[str]:
     """The texts the server writes for this workspace's facts, one per write event, in order.
 
-    SEAM (contract 2): these strings are the server's framing in dmem_lsp/learning.py
-    (``learn_convention``, ``flush_edit``, ``debug_step``); when ``dmem_lsp.texts`` lands,
-    build them with it instead. ``workspace_recall.py`` checks every one against the token
-    count the real server reports for its write, so a drift fails the benchmark loudly.
+    Built with ``dmem_lsp.texts``, the framing the server writes with (``learn_convention``,
+    ``flush_edit``, ``debug_step``); ``workspace_recall.py`` also checks every one against the
+    token count the real server reports for its write, so a drift fails the benchmark loudly.
     """
+    from dmem_lsp import texts
+
     if workspace.source == "conventions":
-        return [f"Project file README.md:\n{workspace.files['README.md']}"]
+        return [texts.convention("README.md", workspace.files["README.md"])]
     if workspace.source == "edits":
         old, new = workspace.edit
-        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), EDITED_FILE, EDITED_FILE, n=2))
-        return [f"Edit to {EDITED_FILE}:\n{diff}"]
-    return [f"Debugging step (note) in {NOTES_FILE}:\n{step}" for step in workspace.steps]
+        return [texts.edit(EDITED_FILE, texts.diff(EDITED_FILE, old, new))]
+    return [texts.debug_step("note", step, NOTES_FILE) for step in workspace.steps]
 
 
 # ----------------------------------------------------------------------------- the tokenizer
