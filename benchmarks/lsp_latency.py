@@ -204,7 +204,7 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
         per_seed: list[list[float]] = [[] for _ in sizes]
         for seed in seeds:
             params = []
-            for size, server in zip(sizes, servers):
+            for size, server in zip(sizes, servers, strict=True):
                 text = document(size, seed)
                 uri = (tmp / f"seed{seed}-{size}.py").as_uri()
                 item = {"uri": uri, "languageId": "python", "version": 1, "text": text}
@@ -215,7 +215,7 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
             for i, values in enumerate(seed_times):
                 times[i].extend(values)
                 per_seed[i].append(percentile(values, 0.5))
-            for server, param in zip(servers, params):
+            for server, param in zip(servers, params, strict=True):
                 server.notify("textDocument/didClose", {"textDocument": {"uri": param["textDocument"]["uri"]}})
         peaks = [peak_rss_mib(server.process.pid) for server in servers]
         for server in servers:
@@ -228,7 +228,7 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
         f"seeds {', '.join(map(str, seeds))}, {requests} requests per seed and size, the servers in turn"
     )
     print(f"  {'document':>10} {'p50 ms':>9} {'p95 ms':>9} {'p50 / first':>12}  {'p50 per seed ms':<24} {'peak RSS MiB':>12}")
-    for size, values, seeded, peak in zip(sizes, times, per_seed, peaks):
+    for size, values, seeded, peak in zip(sizes, times, per_seed, peaks, strict=True):
         print(
             f"  {_size(size):>10} {percentile(values, .5) * ms:>9.1f} {percentile(values, .95) * ms:>9.1f} "
             f"{percentile(values, .5) / base:>11.2f}x  {', '.join(f'{v * ms:.1f}' for v in seeded):<24} {peak:>12.0f}"

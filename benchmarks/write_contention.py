@@ -93,7 +93,7 @@ def main() -> None:
 
     ms = 1000
     one_chunk = percentile(chunk_times, 0.5) if chunk_times else float("nan")
-    extra = [b - a for a, b in zip(idle, loaded)]
+    extra = [b - a for a, b in zip(idle, loaded, strict=True)]
     print(f"tiny model, {args.max_tokens} new tokens per completion, write chunks of {args.chunk} tokens, {args.threads} thread(s)")
     print(f"  completion, worker idle         p50 {percentile(idle, .5) * ms:7.2f} ms   p95 {percentile(idle, .95) * ms:7.2f} ms")
     print(f"  completion, during a long write p50 {percentile(loaded, .5) * ms:7.2f} ms   p95 {percentile(loaded, .95) * ms:7.2f} ms")

@@ -225,10 +225,10 @@ class Demo:
 
     def verdict(self, before: list[str], recalled: list[str], restarted: list[str], reset: list[str], same: bool) -> bool:
         n = len(before)
-        hits = sum(recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before))
-        changed = sum(a != b for a, b in zip(recalled, before))
-        identical = sum(a == b for a, b in zip(restarted, recalled))
-        gone = sum(a == b for a, b in zip(reset, before))
+        hits = sum(recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before, strict=True))
+        changed = sum(a != b for a, b in zip(recalled, before, strict=True))
+        identical = sum(a == b for a, b in zip(restarted, recalled, strict=True))
+        gone = sum(a == b for a, b in zip(reset, before, strict=True))
         say("")
         if self.recipe.trained:
             say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")

@@ -7,8 +7,8 @@ tests/dmem_lsp/test_tampering.py and benchmarks/durability.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save

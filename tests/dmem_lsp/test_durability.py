@@ -26,7 +26,8 @@ import pytest
 import torch
 
 from dmem_lsp.store import WorkspaceStore, state_sha256
-from tests.dmem_lsp.kills import OPTIONS as FAST, initialize, learning_ended, memory_event
+from tests.dmem_lsp.kills import OPTIONS as FAST
+from tests.dmem_lsp.kills import initialize, learning_ended, memory_event
 from tests.dmem_lsp.lsp import TIMEOUT, RawServer, server_env
 from tests.dmem_lsp.tampering import flip_a_bit
 

@@ -22,7 +22,16 @@ from safetensors.torch import load_file, safe_open
 from dmem_lsp.policy import Policy
 from dmem_lsp.settings import MemorySettings
 from dmem_lsp.workspace_config import WorkspaceConfigError, read_workspace_config
-from tests.dmem_lsp.lsp import TIMEOUT, expected_completion, plain, server_env, start, stop, wait_for_memory, wait_for_status
+from tests.dmem_lsp.lsp import (
+    TIMEOUT,
+    expected_completion,
+    plain,
+    server_env,
+    start,
+    stop,
+    wait_for_memory,
+    wait_for_status,
+)
 
 STORES = ("conventions", "debug", "edits")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
