@@ -210,7 +210,9 @@ class Engine:
             raise EngineError(f"{error} (named by {source.origin})") from error
         ours, theirs = _comparable(self.memory.config), _comparable(config)
         if ours != theirs:
-            differ = ", ".join(f"{k} {theirs.get(k)!r} (loaded: {ours.get(k)!r})" for k in ours if ours.get(k) != theirs.get(k))
+            differ = ", ".join(
+                f"{k} {theirs.get(k)!r} (loaded: {ours.get(k)!r})" for k in ours if ours.get(k) != theirs.get(k)
+            )
             raise EngineError(
                 f"the adapter {source} (named by {source.origin}) has another δ-mem configuration than the one "
                 f"this server attached first: {differ}. Open this folder in its own editor window, or train "
@@ -297,7 +299,9 @@ class Engine:
                     mem, meta = _attach_named(model, prefer, options.model)
                     attached = prefer
                 except (EngineError, memory.AdapterError) as error:
-                    message = f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
+                    message = (
+                        f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
+                    )
                     refused[_key(prefer)] = message
                     log.warning("%s", message)
                     if options.adapter is None:
@@ -317,7 +321,11 @@ class Engine:
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info(
-            "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter", options.model, device, quantization, torch.get_num_threads()
+            "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter",
+            options.model,
+            device,
+            quantization,
+            torch.get_num_threads(),
         )
         prompt = recorded_shape(meta, options.model)[0]
         _check_prompt(tokenizer, prompt, attached)
@@ -341,7 +349,9 @@ class Engine:
         """
         from transformers import DynamicCache  # imported by load() already
 
-        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(
+            _as_list(getattr(self.model.generation_config, "eos_token_id", None))
+        )
         produced: list[int] = []
         text = ""
         with torch.inference_mode():

@@ -14,7 +14,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS", "CLIENT_KEY", "cpu_cores", "torch_threads"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_ADAPTER",
+    "Settings",
+    "CompletionSettings",
+    "ExplainSettings",
+    "MemorySettings",
+    "parse_settings",
+    "merge",
+    "ENGINE_KEYS",
+    "CLIENT_KEY",
+    "cpu_cores",
+    "torch_threads",
+]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"

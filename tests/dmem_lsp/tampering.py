@@ -42,7 +42,9 @@ def swap(a: str, b: str):
 
 def more_tokens(tensors, metadata):
     value = json.loads(metadata["tokens"])  # {store: count} in a state, a count in a snapshot
-    metadata["tokens"] = json.dumps({k: v + 1000 for k, v in value.items()}) if isinstance(value, dict) else str(value + 1000)
+    metadata["tokens"] = (
+        json.dumps({k: v + 1000 for k, v in value.items()}) if isinstance(value, dict) else str(value + 1000)
+    )
 
 
 def scale(tensors, metadata):
