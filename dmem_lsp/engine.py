@@ -152,7 +152,7 @@ class Engine:
         self.model_id = model_id
         self.default_adapter: AdapterSource | None = None
         """The settings' adapter, for folders that name none (None: a fresh one)."""
-        self.refused: dict[tuple, str] = {}
+        self.refused: dict[tuple | None, str] = {}
         """Adapters that could not be loaded, and why (asked again, they are refused again)."""
         self._fresh: dict[str, torch.Tensor] | None = None
         tensors = _clone(mem.adapter_state_dict())
@@ -281,11 +281,12 @@ class Engine:
         except (OSError, ValueError) as error:
             raise EngineError(f"cannot load the model from {model_dir}: {error}") from error
         if "device_map" not in kwargs:
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() is typed without its self
         model.eval()
         progress("attaching δ-mem")
         default = None if options.adapter is None else AdapterSource(options.adapter)
         fresh, refused, meta = None, {}, None
+        attached: AdapterSource | None
         try:
             if options.adapter is None:
                 with torch.random.fork_rng(devices=[]):  # the same fresh adapter every start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -152,7 +153,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _check(value: Any, kind: Any, meta: dict[str, Any]) -> tuple[bool, Any, str]:
+def _check(value: Any, kind: Any, meta: Mapping[str, Any]) -> tuple[bool, Any, str]:
     """(valid, value, what was expected)."""
     if kind is bool:
         return isinstance(value, bool), value, "true or false"
@@ -188,7 +189,7 @@ def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> An
         if value is None:
             continue
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if value == []:  # an empty Lua table (Neovim) is encoded as []
                 value = {}
             if isinstance(value, dict):

@@ -178,6 +178,7 @@ def _adapter(root: Path, path: Path, table: dict[str, Any]) -> AdapterSource | N
                 "commit the adapter inside it, or name a Hugging Face repo"
             )
         return AdapterSource(str(directory), None, origin)
+    assert repo is not None  # one of path and repo, checked above
     if revision is None:
         raise WorkspaceConfigError(
             f"{path} [adapter]: repo {repo!r} needs a revision (a tag, branch or commit), so that everyone "
