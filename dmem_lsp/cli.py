@@ -63,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset-memory", action="store_true", help="clear the workspace's memory (all stores, or --store) and exit"
     )
     parser.add_argument(
-        "--workspace",
-        metavar="PATH",
+        "--workspace", metavar="PATH",
         help="the workspace folder (default: the one an editor opens here: "
         "the nearest folder up with .dmem, .git, .hg or .svn)",
     )

@@ -23,16 +23,7 @@ def test_version_and_help():
     help_ = run("--help")
     assert help_.returncode == 0 and "language server" in help_.stdout
     for flag in (
-        "--tcp",
-        "--host",
-        "--port",
-        "--model",
-        "--adapter",
-        "--device",
-        "--quantization",
-        "--log-file",
-        "-v",
-        "doctor",
+        "--tcp", "--host", "--port", "--model", "--adapter", "--device", "--quantization", "--log-file", "-v", "doctor"
     ):
         assert flag in help_.stdout
 
@@ -62,10 +53,7 @@ def test_doctor_says_where_things_are(model_dirs, tmp_path):
 
 def test_doctor_shows_the_workspace_config(tmp_path):
     env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path / "data"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
+        **os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")
     }
     project = tmp_path / "project"
     (project / ".dmem").mkdir(parents=True)

@@ -167,11 +167,7 @@ def test_a_model_saved_without_its_tokenizer_is_refused_naming_it(model_dirs, tm
     bare = tmp_path / "bare"
     shutil.copytree(model_dirs["qwen3"], bare)
     for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.json",
-        "merges.txt",
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
         "chat_template.jinja",
     ):
         (bare / name).unlink(missing_ok=True)

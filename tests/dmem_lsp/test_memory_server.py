@@ -330,9 +330,8 @@ async def test_a_restart_restores_every_state_bit_identically(fresh):
     fresh.client = await launch(fresh)
     folder = await status(fresh.client)
     assert hashes(folder) == before
-    assert not [
-        e for e in fresh.client.memory_events if e["event"] == "written"
-    ]  # unchanged files are not written again
+    # unchanged files are not written again
+    assert not [e for e in fresh.client.memory_events if e["event"] == "written"]
     assert {store: state_sha256(t) for store, t in disk_states(folder).items()} == before
 
 
@@ -364,16 +363,8 @@ async def test_export_and_import_refuse_another_adapter(box, tmp_path):
     await settled(box.client)
     snapshot = tmp_path / "debug.safetensors"
     result = await asyncio.to_thread(
-        run_cli,
-        box,
-        "memory",
-        "export",
-        "--store",
-        "debug",
-        "--output",
-        str(snapshot),
-        "--workspace",
-        str(box.workspace),
+        run_cli, box, "memory", "export", "--store", "debug", "--output", str(snapshot),
+        "--workspace", str(box.workspace),
     )
     assert result.returncode == 0, result.stderr
     other = tmp_path / "other"

@@ -30,14 +30,7 @@ async def test_nf4_on_the_cpu_end_to_end(talkative_model, talkative_adapter, tmp
     path = tmp_path / "add.py"
     path.write_text(SOURCE)
     args = [
-        "--model",
-        str(talkative_model),
-        "--adapter",
-        str(talkative_adapter),
-        "--device",
-        "cpu",
-        "--quantization",
-        "nf4",
+        "--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu", "--quantization", "nf4"
     ]
     client, _ = await start(args, server_env(tmp_path), {"completion": {"maxTokens": 8}})
     try:

@@ -80,12 +80,7 @@ exclude = []
     assert (config.ignore, config.conventions) == (("generated/",), ("docs/*.txt",))
     text = "\n".join(warnings)
     for named in (
-        "edit-debounce-ms",
-        "'colour'",
-        "debug expected true or false",
-        "unknown store 'notes'",
-        "'exclude'",
-        "'extras'",
+        "edit-debounce-ms", "'colour'", "debug expected true or false", "unknown store 'notes'", "'exclude'", "'extras'"
     ):
         assert named in text, named
     assert len(warnings) == 6

@@ -61,9 +61,7 @@ def _session(scenario: str, workspace: Path, tmp_path: Path, model: Path, adapte
     )
     results = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
     assert run.returncode == 0 and "failure" not in results, (
-        results.get("failure"),
-        results.get("messages"),
-        run.stderr[-3000:],
+        results.get("failure"), results.get("messages"), run.stderr[-3000:]
     )
     return results
 
@@ -94,12 +92,7 @@ def test_an_edit_made_just_before_emacs_quits_is_on_disk(workspace, tmp_path, ta
     files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
     log = tmp_path / "dmem-lsp.log"
     _session(
-        "quit-after-edit",
-        workspace,
-        tmp_path,
-        talkative_model,
-        talkative_adapter,
-        log=str(log),
+        "quit-after-edit", workspace, tmp_path, talkative_model, talkative_adapter, log=str(log),
         DMEM_TEST_LOCK=str(files.lock_path),
     )
     wait_for_exit(server_pid(files, EDITOR_TIMEOUT), EDITOR_TIMEOUT)

@@ -168,10 +168,9 @@ def _session(
 def test_a_session_in_neovim(
     version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, expected
 ):
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter) as (
-        nvim,
-        memory_root,
-    ):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter
+    ) as (nvim, memory_root):
         editor = Editor(nvim)
         nvim.command(f"edit {workspace / 'main.py'}")
         editor.wait("#require('dmem.compat').clients(0) == 1", "the client to attach")
@@ -321,10 +320,9 @@ def test_an_edit_made_just_before_quitting_is_on_disk(
     answer (the server's stdin closes while it saves). The edit is in the memory on disk."""
     log = tmp_path / "dmem-lsp.log"
     files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, log=log) as (
-        nvim,
-        _,
-    ):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, log=log
+    ) as (nvim, _):
         nvim.command(f"edit {workspace / 'main.py'}")
         pid = server_pid(files, TIMEOUT)
         nvim.input("Goprint(add(1, 2))<Esc>")
@@ -371,10 +369,9 @@ def test_the_minimal_configuration_starts_quietly_with_its_help(
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     init = _minimal_init(how)
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, init) as (
-        nvim,
-        _,
-    ):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, init
+    ) as (nvim, _):
         editor = Editor(nvim)
         nvim.command(f"edit {workspace / 'main.py'}")
         editor.wait("require('dmem').status.state == 'ready'", "the model to load")
