@@ -75,7 +75,10 @@ def server_overhead(requests: int, max_tokens: int, threads: int) -> None:
         server.request(0, "initialize", {"capabilities": {}, "initializationOptions": options, "processId": None})
         server.response(0)
         server.notify("initialized", {})
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": source.as_uri(), "languageId": "python", "version": 1, "text": SOURCE}})
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": source.as_uri(), "languageId": "python", "version": 1, "text": SOURCE}},
+        )
         status = server.wait_for(lambda m: m.get("method") == "dmem/status" and m["params"]["state"] != "loading")[0]
         assert status["params"]["state"] == "ready", status
         engine = Engine.load(EngineOptions(model=str(model), adapter=None, device="cpu"))
@@ -101,11 +104,17 @@ def server_overhead(requests: int, max_tokens: int, threads: int) -> None:
 
     ms = 1000
     print(f"tiny model, {max_tokens} new tokens, {requests} requests, {threads} thread(s)")
-    print(f"  LSP round trip     p50 {percentile(via_server, .5) * ms:7.2f} ms   p95 {percentile(via_server, .95) * ms:7.2f} ms")
-    print(f"  engine directly    p50 {percentile(direct, .5) * ms:7.2f} ms   p95 {percentile(direct, .95) * ms:7.2f} ms")
     print(
-        f"  server overhead    p50 {percentile(overhead, .5) * ms:7.2f} ms   p95 {percentile(overhead, .95) * ms:7.2f} ms"
-        f"   (target: p95 < 10 ms)   round trip / direct at p50: {percentile(via_server, .5) / percentile(direct, .5):.2f}x"
+        f"  LSP round trip     p50 {percentile(via_server, 0.5) * ms:7.2f} ms   "
+        f"p95 {percentile(via_server, 0.95) * ms:7.2f} ms"
+    )
+    print(
+        f"  engine directly    p50 {percentile(direct, 0.5) * ms:7.2f} ms   p95 {percentile(direct, 0.95) * ms:7.2f} ms"
+    )
+    print(
+        f"  server overhead    p50 {percentile(overhead, .5) * ms:7.2f} ms   "
+        f"p95 {percentile(overhead, .95) * ms:7.2f} ms   (target: p95 < 10 ms)   round trip / direct at p50: "
+        f"{percentile(via_server, .5) / percentile(direct, .5):.2f}x"
     )
 
 
@@ -166,7 +175,9 @@ def wait_ready(server: RawServer) -> None:
     assert status["params"]["state"] == "ready", status
 
 
-def take_turns(servers: list[RawServer], params: list[dict], requests: int, first_id: int) -> tuple[list[list[float]], list[set[str]]]:
+def take_turns(
+    servers: list[RawServer], params: list[dict], requests: int, first_id: int
+) -> tuple[list[list[float]], list[set[str]]]:
     """Seconds per completion for each server, and the completions each gave; the servers are
     asked in turn (who goes first rotates) and the first round, a warm-up, is not counted."""
     times: list[list[float]] = [[] for _ in servers]
@@ -204,7 +215,7 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
         per_seed: list[list[float]] = [[] for _ in sizes]
         for seed in seeds:
             params = []
-            for size, server in zip(sizes, servers):
+            for size, server in zip(sizes, servers, strict=True):
                 text = document(size, seed)
                 uri = (tmp / f"seed{seed}-{size}.py").as_uri()
                 item = {"uri": uri, "languageId": "python", "version": 1, "text": text}
@@ -215,7 +226,7 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
             for i, values in enumerate(seed_times):
                 times[i].extend(values)
                 per_seed[i].append(percentile(values, 0.5))
-            for server, param in zip(servers, params):
+            for server, param in zip(servers, params, strict=True):
                 server.notify("textDocument/didClose", {"textDocument": {"uri": param["textDocument"]["uri"]}})
         peaks = [peak_rss_mib(server.process.pid) for server in servers]
         for server in servers:
@@ -227,14 +238,19 @@ def document_sizes(sizes: list[int], seeds: list[int], requests: int, max_tokens
         f"\ncompletion at the end of an open document, tiny model, {max_tokens} new tokens, 1 thread, "
         f"seeds {', '.join(map(str, seeds))}, {requests} requests per seed and size, the servers in turn"
     )
-    print(f"  {'document':>10} {'p50 ms':>9} {'p95 ms':>9} {'p50 / first':>12}  {'p50 per seed ms':<24} {'peak RSS MiB':>12}")
-    for size, values, seeded, peak in zip(sizes, times, per_seed, peaks):
+    print(
+        f"  {'document':>10} {'p50 ms':>9} {'p95 ms':>9} {'p50 / first':>12}  "
+        f"{'p50 per seed ms':<24} {'peak RSS MiB':>12}"
+    )
+    for size, values, seeded, peak in zip(sizes, times, per_seed, peaks, strict=True):
         print(
             f"  {_size(size):>10} {percentile(values, .5) * ms:>9.1f} {percentile(values, .95) * ms:>9.1f} "
             f"{percentile(values, .5) / base:>11.2f}x  {', '.join(f'{v * ms:.1f}' for v in seeded):<24} {peak:>12.0f}"
         )
     worst = max(percentile(values, 0.5) for values in times) / base
-    print(f"  largest p50 / {_size(sizes[0])} p50: {worst:.2f}x (target ≤ 1.20x: {'met' if worst <= 1.2 else 'NOT met'})")
+    print(
+        f"  largest p50 / {_size(sizes[0])} p50: {worst:.2f}x (target ≤ 1.20x: {'met' if worst <= 1.2 else 'NOT met'})"
+    )
 
 
 def torch_default_threads() -> int:
@@ -279,7 +295,10 @@ def busy_cores(requests: int, max_tokens: int) -> None:
                 server.close()
 
     ms = 1000
-    print(f"\n{cores} busy processes on {cores} cores, tiny model, {max_tokens} new tokens, {requests} requests each, in turn")
+    print(
+        f"\n{cores} busy processes on {cores} cores, tiny model, {max_tokens} new tokens, "
+        f"{requests} requests each, in turn"
+    )
     for label, n, values in (("torch's default", default, times[0]), (f"threads auto ({why})", policy, times[1])):
         name = f"{label}, {n} thread(s)"
         print(f"  {name:<44} p50 {percentile(values, .5) * ms:8.1f} ms   p95 {percentile(values, .95) * ms:8.1f} ms")
@@ -370,7 +389,9 @@ def history_comparison(engine: Engine, histories: list[int], query: int, new_tok
         first, rate = timed_generation(engine, torch.cat([past, ask], dim=1), new_tokens)
         rows.append((history, "vanilla, history in context", first, rate, peak_gib(device), float("nan")))
 
-    print(f"\n{engine.model.config.num_hidden_layers} layers, query {query} tokens, {new_tokens} new tokens, on {device}")
+    print(
+        f"\n{engine.model.config.num_hidden_layers} layers, query {query} tokens, {new_tokens} new tokens, on {device}"
+    )
     print(f"  {'history':>8}  {'setting':<28} {'first token':>12} {'tokens/s':>9} {'peak GiB':>9} {'write s':>8}")
     for history, name, first, rate, peak, write in rows:
         print(f"  {history:>8}  {name:<28} {first * 1000:>9.1f} ms {rate:>9.1f} {peak:>9.2f} {write:>8.2f}")
@@ -388,7 +409,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10 * 1024, 2**20, 16 * 2**20], help="document sizes, bytes")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10 * 1024, 2**20, 16 * 2**20], help="document sizes, bytes"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size-requests", type=int, default=10, help="completions per seed and document size")
     parser.add_argument("--busy-requests", type=int, default=20)
@@ -402,9 +425,13 @@ def main() -> None:
         help="the CPU parts to run (default all)",
     )
     parser.add_argument(
-        "--cpu-smoke", action="store_true", help="run part 2 on the CPU with a tiny model (checks the script, not a figure)"
+        "--cpu-smoke",
+        action="store_true",
+        help="run part 2 on the CPU with a tiny model (checks the script, not a figure)",
     )
-    parser.add_argument("--quick", action="store_true", help="few requests, small documents: checks the script, not a figure")
+    parser.add_argument(
+        "--quick", action="store_true", help="few requests, small documents: checks the script, not a figure"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quick:
@@ -428,7 +455,9 @@ def main() -> None:
         print("\npart 2 skipped: torch sees no CUDA device (first-token latency, tokens/s and GPU memory need one)")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model = save_random_model(Path(tmp) / "qwen3-4b-shape", shape, torch.bfloat16 if device == "cuda" else torch.float32)
+        model = save_random_model(
+            Path(tmp) / "qwen3-4b-shape", shape, torch.bfloat16 if device == "cuda" else torch.float32
+        )
         engine = Engine.load(EngineOptions(model=str(model), adapter=None, device=device, quantization=quantization))
     with torch.no_grad():  # an adapter whose writes and reads are not negligible
         for name, param in engine.memory.named_parameters():

@@ -63,9 +63,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -297,7 +298,7 @@ def in_context_predictions(model: Any, vocab: Vocab, stories: Sequence[Story]) -
 
 
 def accuracy(stories: Sequence[Story], predictions: Sequence[Sequence[int]]) -> float:
-    pairs = [(p, v) for s, ps in zip(stories, predictions) for p, (_, v) in zip(ps, s.facts)]
+    pairs = [(p, v) for s, ps in zip(stories, predictions, strict=True) for p, (_, v) in zip(ps, s.facts, strict=True)]
     return sum(p == v for p, v in pairs) / len(pairs)
 
 
@@ -492,9 +493,9 @@ class Cell:
 def score(vocab: Vocab, stories: Sequence[Story], predictions: Sequence[Sequence[int]], only: str = "all") -> Cell:
     """``only``: "all" queries, "overwrite" (re-assigned keys) or "binding" (see ``Story.binding``)."""
     cell = Cell()
-    for story, predicted in zip(stories, predictions):
+    for story, predicted in zip(stories, predictions, strict=True):
         chosen = {"all": None, "overwrite": story.reassigned, "binding": story.binding(vocab)}[only]
-        for p, (key, value) in zip(predicted, story.facts):
+        for p, (key, value) in zip(predicted, story.facts, strict=True):
             if chosen is None or key in chosen:
                 cell.correct += int(p == value)
                 cell.total += 1
@@ -505,9 +506,9 @@ def score(vocab: Vocab, stories: Sequence[Story], predictions: Sequence[Sequence
 def follows(stories: Sequence[Story], written: Sequence[Story], predictions: Sequence[Sequence[int]]) -> float | None:
     """Other-episode control: how often the answer is the value the *written* episode holds for the key."""
     hits = total = 0
-    for story, other, predicted in zip(stories, written, predictions):
+    for story, other, predicted in zip(stories, written, predictions, strict=True):
         held = dict(other.facts)
-        for p, (key, _) in zip(predicted, story.facts):
+        for p, (key, _) in zip(predicted, story.facts, strict=True):
             if key in held:
                 hits += int(p == held[key])
                 total += 1
@@ -647,7 +648,7 @@ class Episodes:
     tests: dict[int, list[Story]]
 
     @classmethod
-    def for_seed(cls, vocab: Vocab, seed: int, plan: Plan) -> "Episodes":
+    def for_seed(cls, vocab: Vocab, seed: int, plan: Plan) -> Episodes:
         validation_rng, test_rng = random.Random(f"{seed}/validation"), random.Random(f"{seed}/test")
         backbone_validation = [make_story(vocab, 6, validation_rng) for _ in range(plan.validation)]
         memory_validation = [make_story(vocab, k, validation_rng) for k in KS for _ in range(plan.validation // 4)]

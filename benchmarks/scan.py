@@ -61,7 +61,8 @@ def main() -> None:
         return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
     error = max(
-        max(relative_error(o_f, o_n), relative_error(S_f, S_n)) for (o_f, S_f), (o_n, S_n) in zip(fast, naive)
+        max(relative_error(o_f, o_n), relative_error(S_f, S_n))
+        for (o_f, S_f), (o_n, S_n) in zip(fast, naive, strict=True)
     )
     print(f"T={args.tokens} rank={args.rank} heads={args.heads} layers={args.layers} threads={torch.get_num_threads()}")
     print(f"naive per-token loop : {naive_s:8.3f} s")

@@ -53,7 +53,9 @@ def main() -> int:
     looks = innocent()
     whole = sum(policy.check_text(text, name) == (text, None) for name, text in looks)
     print(f"look-alikes written whole: {whole} of {len(looks)}")
-    source = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(__file__).resolve().parents[1].glob("dmem_lsp/*.py")))
+    source = "".join(
+        p.read_text(encoding="utf-8") for p in sorted(Path(__file__).resolve().parents[1].glob("dmem_lsp/*.py"))
+    )
     sample = (source * (cap // len(source) + 1))[: cap - 1024]
     start = time.perf_counter()
     policy.check_text(sample, "sample.py")

@@ -56,7 +56,9 @@ def main() -> None:
 
     def complete(priority: Priority = Priority.REQUEST) -> float:
         start = time.perf_counter()
-        worker.submit(lambda stop: assist.complete(engine, PREFIX, SUFFIX, settings, stop), priority=priority).future.result()
+        worker.submit(
+            lambda stop: assist.complete(engine, PREFIX, SUFFIX, settings, stop), priority=priority
+        ).future.result()
         return time.perf_counter() - start
 
     chunk_times: list[float] = []
@@ -93,15 +95,28 @@ def main() -> None:
 
     ms = 1000
     one_chunk = percentile(chunk_times, 0.5) if chunk_times else float("nan")
-    extra = [b - a for a, b in zip(idle, loaded)]
-    print(f"tiny model, {args.max_tokens} new tokens per completion, write chunks of {args.chunk} tokens, {args.threads} thread(s)")
-    print(f"  completion, worker idle         p50 {percentile(idle, .5) * ms:7.2f} ms   p95 {percentile(idle, .95) * ms:7.2f} ms")
-    print(f"  completion, during a long write p50 {percentile(loaded, .5) * ms:7.2f} ms   p95 {percentile(loaded, .95) * ms:7.2f} ms")
-    print(f"  the same, one first-come queue  p50 {percentile(fifo, .5) * ms:7.2f} ms   p95 {percentile(fifo, .95) * ms:7.2f} ms")
+    extra = [b - a for a, b in zip(idle, loaded, strict=True)]
+    print(
+        f"tiny model, {args.max_tokens} new tokens per completion, write chunks of {args.chunk} tokens, "
+        f"{args.threads} thread(s)"
+    )
+    print(
+        f"  completion, worker idle         p50 {percentile(idle, .5) * ms:7.2f} ms   "
+        f"p95 {percentile(idle, .95) * ms:7.2f} ms"
+    )
+    print(
+        f"  completion, during a long write p50 {percentile(loaded, .5) * ms:7.2f} ms   "
+        f"p95 {percentile(loaded, .95) * ms:7.2f} ms"
+    )
+    print(
+        f"  the same, one first-come queue  p50 {percentile(fifo, .5) * ms:7.2f} ms   "
+        f"p95 {percentile(fifo, .95) * ms:7.2f} ms"
+    )
     print(f"  one write chunk                 p50 {one_chunk * ms:7.2f} ms")
     print(
         f"  extra wait under load           p50 {percentile(extra, .5) / one_chunk:5.2f} chunks   "
-        f"p95 {percentile(extra, .95) / one_chunk:5.2f} chunks   max {max(extra) / one_chunk:5.2f} chunks (≈ 1: the chunk it arrived behind, not the rest)"
+        f"p95 {percentile(extra, .95) / one_chunk:5.2f} chunks   max {max(extra) / one_chunk:5.2f} chunks "
+        "(≈ 1: the chunk it arrived behind, not the rest)"
     )
     print(f"  first-come queue / priorities   {percentile(fifo, .5) / percentile(loaded, .5):5.2f}x at p50")
 

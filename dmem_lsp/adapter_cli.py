@@ -144,8 +144,9 @@ def _train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(
         steps=args.steps, epochs=args.epochs, lr=args.lr, grad_accum=args.grad_accum, write_tokens=args.write_tokens,
-        write_chunk_tokens=args.write_chunk_tokens, seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        progress=not args.no_progress, rows=args.rows, schedule=args.schedule, warmup_steps=args.warmup_steps or 0,
+        write_chunk_tokens=args.write_chunk_tokens, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, progress=not args.no_progress, rows=args.rows, schedule=args.schedule,
+        warmup_steps=args.warmup_steps or 0,
     )
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise ValueError(f"--warmup-steps {args.warmup_steps}: must not be negative")

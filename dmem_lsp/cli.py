@@ -37,16 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stdio", action="store_true", help="serve over stdio (the default; many clients pass it)")
     parser.add_argument("--host", default="127.0.0.1", help="TCP host (default %(default)s)")
     parser.add_argument("--port", type=int, default=2087, help="TCP port (default %(default)s)")
-    parser.add_argument("--model", metavar="ID_OR_DIR", help=f"Hugging Face id or local directory (default {DEFAULT_MODEL})")
     parser.add_argument(
-        "--adapter", metavar="ID_OR_DIR|none", help=f"δ-mem adapter, or none for an untrained one (default {DEFAULT_ADAPTER})"
+        "--model", metavar="ID_OR_DIR", help=f"Hugging Face id or local directory (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--adapter",
+        metavar="ID_OR_DIR|none",
+        help=f"δ-mem adapter, or none for an untrained one (default {DEFAULT_ADAPTER})",
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where the model runs (default auto)")
     parser.add_argument(
-        "--quantization", choices=("nf4", "none"), help="default: NF4 with bf16 compute on CUDA, full precision on the CPU"
+        "--quantization",
+        choices=("nf4", "none"),
+        help="default: NF4 with bf16 compute on CUDA, full precision on the CPU",
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="torch's CPU threads (default 0, auto: half the cores, at most 4; 1 on two)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch's CPU threads (default 0, auto: half the cores, at most 4; 1 on two)",
     )
     parser.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: every message)")
@@ -55,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workspace", metavar="PATH",
-        help="the workspace folder (default: the one an editor opens here: the nearest folder up with .dmem, .git, .hg or .svn)",
+        help="the workspace folder (default: the one an editor opens here: "
+        "the nearest folder up with .dmem, .git, .hg or .svn)",
     )
     parser.add_argument("--store", choices=STORES, help="only this store (with --reset-memory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -71,9 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="With no flags: the default (or given) model and adapter, and the hub adapter this "
         "repository's .dmem/config.toml names. With --model or --adapter: only those.",
     )
-    download.add_argument("--model", dest="download_model", metavar="ID", help=f"a Hugging Face model id (default {DEFAULT_MODEL})")
-    download.add_argument("--adapter", dest="download_adapter", metavar="ID", help=f"a δ-mem adapter id (default {DEFAULT_ADAPTER})")
-    download.add_argument("--revision", dest="download_revision", metavar="REV", help="the adapter's tag, branch or commit")
+    download.add_argument(
+        "--model", dest="download_model", metavar="ID", help=f"a Hugging Face model id (default {DEFAULT_MODEL})"
+    )
+    download.add_argument(
+        "--adapter", dest="download_adapter", metavar="ID", help=f"a δ-mem adapter id (default {DEFAULT_ADAPTER})"
+    )
+    download.add_argument(
+        "--revision", dest="download_revision", metavar="REV", help="the adapter's tag, branch or commit"
+    )
     memory = commands.add_parser("memory", help="inspect and move workspace memory").add_subparsers(
         dest="memory_command", metavar="ACTION", required=True
     )

@@ -199,7 +199,10 @@ class Demo:
             await self.client.wait_for(f"the write of {relative}", lambda c, r=relative: written(c.events[seen:], r))
         await self.client.wait_for("the save", lambda c: saved_after(c.events[seen:]))
         state = await self.conventions_state()
-        say(f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}, in {state['directory']}")
+        say(
+            f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}, "
+            f"in {state['directory']}"
+        )
         say("      the same documents, the conventions in memory only:")
         recalled = await self.ask_all("memory", before)
 
@@ -223,12 +226,16 @@ class Demo:
         await self.stop_server()
         return self.verdict(before, recalled, after_restart, after_reset, again == state)
 
-    def verdict(self, before: list[str], recalled: list[str], restarted: list[str], reset: list[str], same: bool) -> bool:
+    def verdict(
+        self, before: list[str], recalled: list[str], restarted: list[str], reset: list[str], same: bool
+    ) -> bool:
         n = len(before)
-        hits = sum(recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before))
-        changed = sum(a != b for a, b in zip(recalled, before))
-        identical = sum(a == b for a, b in zip(restarted, recalled))
-        gone = sum(a == b for a, b in zip(reset, before))
+        hits = sum(
+            recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before, strict=True)
+        )
+        changed = sum(a != b for a, b in zip(recalled, before, strict=True))
+        identical = sum(a == b for a, b in zip(restarted, recalled, strict=True))
+        gone = sum(a == b for a, b in zip(reset, before, strict=True))
         say("")
         if self.recipe.trained:
             say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")
@@ -237,7 +244,10 @@ class Demo:
                 f"recall:      memory changed {changed}/{n} answers; the {self.recipe.name} model is a stand-in, "
                 "never trained to recall, so the values are not the conventions"
             )
-        say(f"persistence: {identical}/{n} answers identical after the restart; state {'identical' if same else 'CHANGED'}")
+        say(
+            f"persistence: {identical}/{n} answers identical after the restart; "
+            f"state {'identical' if same else 'CHANGED'}"
+        )
         say(f"reset:       {gone}/{n} answers back to the no-memory ones")
         remembered = hits == n if self.recipe.trained else changed > 0
         return remembered and identical == n and same and gone == n
@@ -260,10 +270,14 @@ class Demo:
         )
         await asyncio.wait_for(client.initialize_async(params), TIMEOUT)
         client.initialized(types.InitializedParams())
-        status = await client.wait_for("a ready model", lambda c: next((s for s in c.statuses if s["state"] in ("ready", "error")), None))
+        status = await client.wait_for(
+            "a ready model", lambda c: next((s for s in c.statuses if s["state"] in ("ready", "error")), None)
+        )
         if status["state"] == "error":
             raise DemoError(f"the server could not load the demo model: {status['message']}")
-        opened = await client.wait_for("the workspace's memory", lambda c: next((e for e in c.events if e["event"] in ("opened", "refused")), None))
+        opened = await client.wait_for(
+            "the workspace's memory", lambda c: next((e for e in c.events if e["event"] in ("opened", "refused")), None)
+        )
         if opened["event"] == "refused" or opened.get("readOnly"):
             raise DemoError(f"the server did not open the demo workspace's memory: {opened}")
         say(f"      ready in {time.monotonic() - began:.1f} s")
@@ -331,7 +345,9 @@ class Demo:
         """Open the document and ask for the ghost text at its end, as an editor does."""
         uri = (self.workspace / query.path).as_uri()
         self.client.text_document_did_open(
-            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=query.text))
+            types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=query.text)
+            )
         )
         lines = query.prefix.split("\n")
         params = types.InlineCompletionParams(

@@ -73,7 +73,9 @@ class StandIn:
     seed = 0
     workspace = Workspace(
         conventions={
-            "CONTRIBUTING.md": "# Contributing\n\n- tests live in qa/\n- indent with 2 spaces\n- the logger is named audit\n",
+            "CONTRIBUTING.md": (
+                "# Contributing\n\n- tests live in qa/\n- indent with 2 spaces\n- the logger is named audit\n"
+            ),
         },
         files={"src/app.py": "def main():\n  print('hello')\n"},
         queries=(
@@ -118,7 +120,9 @@ class StandIn:
         core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         core.decoder = decoders.ByteLevel()
         # the alphabet is the corpus' characters (ASCII): every answer prints, however random
-        core.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
+        core.train_from_iterator(
+            corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
+        )
         tokenizer = transformers.PreTrainedTokenizerFast(
             tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
             chat_template=(
@@ -128,9 +132,9 @@ class StandIn:
         )
         tokenizer.save_pretrained(out / "model")
         config = transformers.Qwen3Config(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+            tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
         torch.manual_seed(self.seed)
         model = transformers.AutoModelForCausalLM.from_config(config)
@@ -166,7 +170,9 @@ class Shipped:
         try:
             spec = json.loads((directory / "workspace.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise RecipeError(f"the demo's model is not in {directory}: {error} (make it: scripts/make-demo-model)") from error
+            raise RecipeError(
+                f"the demo's model is not in {directory}: {error} (make it: scripts/make-demo-model)"
+            ) from error
         self.name = spec["recipe"]
         self.workspace = Workspace(spec["conventions"], spec["files"], tuple(Query(**q) for q in spec["queries"]))
 
@@ -179,11 +185,15 @@ class Shipped:
     def verify(self) -> None:
         sums = (self.directory / "SHA256SUMS").read_bytes()
         if hashlib.sha256(sums).hexdigest() != self.sha256:
-            raise RecipeError(f"{self.directory / 'SHA256SUMS'} is not the one this dmem-lsp ships (its sha256 differs)")
+            raise RecipeError(
+                f"{self.directory / 'SHA256SUMS'} is not the one this dmem-lsp ships (its sha256 differs)"
+            )
         for line in sums.decode().splitlines():
             digest, relative = line.split("  ", 1)
             if hashlib.sha256((self.directory / relative).read_bytes()).hexdigest() != digest:
-                raise RecipeError(f"{self.directory / relative} is not the file this dmem-lsp ships (its sha256 differs)")
+                raise RecipeError(
+                    f"{self.directory / relative} is not the file this dmem-lsp ships (its sha256 differs)"
+                )
 
 
 RECIPE = StandIn()

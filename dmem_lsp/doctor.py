@@ -50,7 +50,11 @@ def _where(name: str, revision: str | None = None) -> tuple[str, bool]:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         at = f" at {revision}" if revision else ""
-        then = "HF_HUB_OFFLINE=1: it cannot be downloaded" if os.environ.get("HF_HUB_OFFLINE") == "1" else "it downloads on first start"
+        then = (
+            "HF_HUB_OFFLINE=1: it cannot be downloaded"
+            if os.environ.get("HF_HUB_OFFLINE") == "1"
+            else "it downloads on first start"
+        )
         return f"Hugging Face id {name}{at}: not in the cache ({HF_HUB_CACHE}); {then}", False
 
 
@@ -170,11 +174,15 @@ def run_doctor(overrides: dict[str, Any]) -> int:
         cuda = torch.cuda.is_available()
         if cuda:
             props = torch.cuda.get_device_properties(0)
-            lines.append(f"CUDA: yes, {props.name}, {props.total_memory / 2**30:.1f} GiB (torch CUDA {torch.version.cuda})")
+            lines.append(
+                f"CUDA: yes, {props.name}, {props.total_memory / 2**30:.1f} GiB (torch CUDA {torch.version.cuda})"
+            )
         else:
             lines.append(f"CUDA: no (torch build: {torch.version.cuda or 'CPU only'})")
             if settings.device == "cuda":
-                hints.append("--device cuda is set but torch sees no GPU: install a CUDA build of torch, or use --device cpu")
+                hints.append(
+                    "--device cuda is set but torch sees no GPU: install a CUDA build of torch, or use --device cpu"
+                )
                 fatal.append("no CUDA device")
     except Exception as error:
         lines.append(f"torch: cannot be imported ({error})")

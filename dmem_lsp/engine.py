@@ -152,7 +152,7 @@ class Engine:
         self.model_id = model_id
         self.default_adapter: AdapterSource | None = None
         """The settings' adapter, for folders that name none (None: a fresh one)."""
-        self.refused: dict[tuple, str] = {}
+        self.refused: dict[tuple | None, str] = {}
         """Adapters that could not be loaded, and why (asked again, they are refused again)."""
         self._fresh: dict[str, torch.Tensor] | None = None
         tensors = _clone(mem.adapter_state_dict())
@@ -210,7 +210,9 @@ class Engine:
             raise EngineError(f"{error} (named by {source.origin})") from error
         ours, theirs = _comparable(self.memory.config), _comparable(config)
         if ours != theirs:
-            differ = ", ".join(f"{k} {theirs.get(k)!r} (loaded: {ours.get(k)!r})" for k in ours if ours.get(k) != theirs.get(k))
+            differ = ", ".join(
+                f"{k} {theirs.get(k)!r} (loaded: {ours.get(k)!r})" for k in ours if ours.get(k) != theirs.get(k)
+            )
             raise EngineError(
                 f"the adapter {source} (named by {source.origin}) has another δ-mem configuration than the one "
                 f"this server attached first: {differ}. Open this folder in its own editor window, or train "
@@ -279,11 +281,12 @@ class Engine:
         except (OSError, ValueError) as error:
             raise EngineError(f"cannot load the model from {model_dir}: {error}") from error
         if "device_map" not in kwargs:
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() is typed without its self
         model.eval()
         progress("attaching δ-mem")
         default = None if options.adapter is None else AdapterSource(options.adapter)
         fresh, refused, meta = None, {}, None
+        attached: AdapterSource | None
         try:
             if options.adapter is None:
                 with torch.random.fork_rng(devices=[]):  # the same fresh adapter every start
@@ -297,7 +300,9 @@ class Engine:
                     mem, meta = _attach_named(model, prefer, options.model)
                     attached = prefer
                 except (EngineError, memory.AdapterError) as error:
-                    message = f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
+                    message = (
+                        f"{error} (named by {prefer.origin})" if isinstance(error, memory.AdapterError) else str(error)
+                    )
                     refused[_key(prefer)] = message
                     log.warning("%s", message)
                     if options.adapter is None:
@@ -317,7 +322,11 @@ class Engine:
         except memory.AdapterError as error:
             raise EngineError(f"{error} (choose another --adapter, or --adapter none)") from error
         log.info(
-            "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter", options.model, device, quantization, torch.get_num_threads()
+            "loaded %s on %s (%s, %d CPU threads) with a δ-mem adapter",
+            options.model,
+            device,
+            quantization,
+            torch.get_num_threads(),
         )
         prompt = recorded_shape(meta, options.model)[0]
         _check_prompt(tokenizer, prompt, attached)
@@ -341,7 +350,9 @@ class Engine:
         """
         from transformers import DynamicCache  # imported by load() already
 
-        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(
+            _as_list(getattr(self.model.generation_config, "eos_token_id", None))
+        )
         produced: list[int] = []
         text = ""
         with torch.inference_mode():

@@ -45,7 +45,9 @@ def write_explanation(name: str, first_line: int, last_line: int, code: str, lan
     stem = re.sub(r"[^\w.-]+", "_", PurePosixPath(name).name) or "code"
     path = folder / f"{stem}-{first_line}-{last_line}.md"
     fence = "````" if "```" in code else "```"
-    text = f"# {title(name, first_line, last_line)}\n\n{fence}{language}\n{code.rstrip()}\n{fence}\n\n{markdown.strip()}\n"
+    text = (
+        f"# {title(name, first_line, last_line)}\n\n{fence}{language}\n{code.rstrip()}\n{fence}\n\n{markdown.strip()}\n"
+    )
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".explanation-", suffix=".md")
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(text)

@@ -373,9 +373,14 @@ def _folders(ls: DmemServer, folder: Any) -> list:
 
 
 async def reset_memory(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
-    """Arguments ``[]``, ``[store]``, ``[store, folderUri]`` or ``[{store?, folder?}]``: all stores of every folder by default."""
+    """Arguments ``[]``, ``[store]``, ``[store, folderUri]`` or ``[{store?, folder?}]``: all stores of every
+    folder by default."""
     values = [as_json(argument) for argument in arguments]
-    options = values[0] if len(values) == 1 and isinstance(values[0], dict) else dict(zip(("store", "folder"), values))
+    options = (
+        values[0]
+        if len(values) == 1 and isinstance(values[0], dict)
+        else dict(zip(("store", "folder"), values, strict=False))
+    )
     await ls.wait_for_engine()
     store = options.get("store")
     stores = list(ls.engine.memory.stores)

@@ -28,7 +28,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 __all__ = ["MAX_MESSAGE_BYTES", "Frame", "Junk", "FrameParser", "serve", "stdin_chunks"]
 
@@ -70,7 +70,7 @@ class Junk:
     """A message over the size limit, skipped unread."""
 
 
-Event = Union[Frame, Junk]
+Event = Frame | Junk
 
 
 class FrameParser:

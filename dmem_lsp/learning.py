@@ -59,9 +59,12 @@ __all__ = ["Learner", "WorkspaceMemory", "MEMORY_EVENT", "looks_like_an_error"]
 log = logging.getLogger(__name__)
 
 MEMORY_EVENT = "dmem/memory"
-"""Notification: ``{folder, event: opened|refused|written|skipped|saved|unsaved|reset|imported, store?, source?, ...}``."""
+"""Notification:
+``{folder, event: opened|refused|written|skipped|saved|unsaved|reset|imported, store?, source?, ...}``."""
 
-ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b|FAILED|panicked at", re.I)
+ERROR_TEXT = re.compile(
+    r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b|FAILED|panicked at", re.I
+)
 CONVENTION_DEPTH = texts.CONVENTION_DEPTH
 """Folder levels below the root searched for convention files when a folder opens."""
 
@@ -237,14 +240,18 @@ class Learner:
         try:
             saved, notes = files.open_states(memory.fingerprint, move_aside=not memory.read_only)
         except OSError as error:  # the directory cannot be written: the bad file stays
-            saved, notes = None, [f"the saved memory of {memory.root} cannot be used and cannot be moved aside ({_why(error)})"]
+            saved, notes = (
+                None,
+                [f"the saved memory of {memory.root} cannot be used and cannot be moved aside ({_why(error)})"],
+            )
         manifest, problem = files.read_manifest(move_aside=not memory.read_only)
         if problem:
             notes.append(f"{problem}; what memory holds is read from the state file")
         config = engine.memory.config
         shape = (len(engine.memory.layers), config.state_heads, config.rank, config.rank)
         if saved is not None and (
-            set(saved.states) != set(engine.memory.stores) or any(tuple(t.shape) != shape for t in saved.states.values())
+            set(saved.states) != set(engine.memory.stores)
+            or any(tuple(t.shape) != shape for t in saved.states.values())
         ):
             notes.append(
                 f"{files.state_path} holds stores {', '.join(sorted(saved.states))} of another shape than "
@@ -279,7 +286,9 @@ class Learner:
         """The folder gets no memory (reads see zero state, nothing is written or saved)."""
         self.refused[root] = reason
         self.server.show(types.MessageType.Error, f"dmem-lsp: no memory for {root}: {reason}")
-        self.server.protocol.notify(MEMORY_EVENT, {"folder": root.as_uri(), "event": "refused", "reason": reason, "tokens": {}})
+        self.server.protocol.notify(
+            MEMORY_EVENT, {"folder": root.as_uri(), "event": "refused", "reason": reason, "tokens": {}}
+        )
 
     async def reopen(self, memory: WorkspaceMemory) -> None:
         """Close and open a folder again (its ``.dmem/config.toml`` changed)."""
@@ -343,7 +352,9 @@ class Learner:
 
     def notify(self, memory: WorkspaceMemory, event: str, **details: Any) -> None:
         tokens = memory.manifest.get("tokens", {})
-        self.server.protocol.notify(MEMORY_EVENT, {"folder": memory.uri, "event": event, "tokens": dict(tokens), **details})
+        self.server.protocol.notify(
+            MEMORY_EVENT, {"folder": memory.uri, "event": event, "tokens": dict(tokens), **details}
+        )
 
     def skip(self, memory: WorkspaceMemory, source: str, kind: str, reason: str) -> None:
         log.info("not writing %s (%s): %s", source, kind, reason)
@@ -545,7 +556,12 @@ class Learner:
             log.info("%s changed: opening %s again", CONFIG_PATH, memory.root)
             await self.reopen(memory)
             return
-        if relative is None or not memory.policy.is_convention(relative) or not path.is_file() or not memory.settings.enabled:
+        if (
+            relative is None
+            or not memory.policy.is_convention(relative)
+            or not path.is_file()
+            or not memory.settings.enabled
+        ):
             return
         await self.learn_convention(memory, path)
 
@@ -634,7 +650,8 @@ class Learner:
     # -- debugging ------------------------------------------------------------------------
 
     async def debug_step(self, uri: str | None, text: str, kind: str) -> dict[str, Any]:
-        """Write a debugging step: ``{tokens}``, with ``reason`` when nothing was written, ``redacted`` when secrets were."""
+        """Write a debugging step: ``{tokens}``, with ``reason`` when nothing was written, ``redacted`` when
+        secrets were."""
         memory = self.folder_for(uri) if uri else next(iter(self.folders.values()), None)
         if memory is None:
             return {"tokens": 0, "reason": self.no_memory_reason(uri)}
@@ -710,7 +727,9 @@ class Learner:
 
         async def replace() -> None:
             async with memory.save_lock:
-                await asyncio.wrap_future(self.server.worker.submit(job, priority=Priority.REQUEST, name="import").future)
+                await asyncio.wrap_future(
+                    self.server.worker.submit(job, priority=Priority.REQUEST, name="import").future
+                )
                 record_import(memory.manifest, store, tokens, source)
                 await self._write_files(memory)
 

@@ -110,7 +110,10 @@ def memory_status(workspace: Path) -> int:
         digest = state_sha256(states[store])[:16] if store in states else "-"
         print(f"  {store:<12} {tokens:>9} tokens   state {digest}")
         for entry in [e for e in manifest.get("audit", []) if e.get("store") == store][-3:]:
-            print(f"      {entry['time']}  {entry.get('kind', '')}: {entry.get('source', '')} ({entry.get('tokens', 0)} tokens)")
+            print(
+                f"      {entry['time']}  {entry.get('kind', '')}: {entry.get('source', '')} "
+                f"({entry.get('tokens', 0)} tokens)"
+            )
     skipped = [e for e in manifest.get("audit", []) if "skipped" in e][-5:]
     if skipped:
         print("  not written:")

@@ -125,7 +125,9 @@ class Policy:
                         continue
                     negate, pattern = (line.startswith("!"), line.lstrip("!"))
                     if base:  # a nested .gitignore's patterns are relative to its folder
-                        pattern = f"{base}/{pattern.lstrip('/')}" if "/" in pattern.rstrip("/") else f"{base}/**/{pattern}"
+                        pattern = (
+                            f"{base}/{pattern.lstrip('/')}" if "/" in pattern.rstrip("/") else f"{base}/**/{pattern}"
+                        )
                     lines.append(("!" if negate else "") + pattern)
             self._spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
         return self._spec

@@ -263,7 +263,9 @@ class DmemProtocol(LanguageServerProtocol):
             return
         if is_request and not _valid_id(msg_id):
             shown = json.dumps(msg_id)[:40]
-            self._reject(is_request, None, f"invalid request {method}: the id must be a number or a string, not {shown}")
+            self._reject(
+                is_request, None, f"invalid request {method}: the id must be a number or a string, not {shown}"
+            )
             return
         if data.get("jsonrpc") != "2.0":
             self._reject(is_request, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')

@@ -74,13 +74,25 @@ PROSE_PASSWORD = re.compile(
     r"\b(?:password|passwd|passphrase|pwd)\b(?:\s+(?:is|was|of|for\s+\S+\s+is))?\s+['\"]?(?P<value>[^\s'\"]{6,})", re.I
 )
 RULES = (
-    (re.compile(r"(?:^|\s)(?:-u|--user)(?:\s+|=)['\"]?[^\s:'\"@]+:(?P<value>[^\s'\"@]{4,})"), "Command-line Credentials"),
-    (re.compile(r"(?:^|\s)--(?:password|passwd|pass|token|api-key)(?:\s+|=)['\"]?(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
+    (
+        re.compile(r"(?:^|\s)(?:-u|--user)(?:\s+|=)['\"]?[^\s:'\"@]+:(?P<value>[^\s'\"@]{4,})"),
+        "Command-line Credentials",
+    ),
+    (
+        re.compile(r"(?:^|\s)--(?:password|passwd|pass|token|api-key)(?:\s+|=)['\"]?(?P<value>[^\s'\"]{4,})"),
+        "Command-line Credentials",
+    ),
     (re.compile(r"\bsshpass\s+-p\s*['\"]?(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
     (re.compile(r"\bmysql(?:dump|admin)?\b[^\n|;&]*\s-p(?P<value>[^\s'\"]{4,})"), "Command-line Credentials"),
-    (re.compile(r"\bAuthorization\s*[:=]\s*['\"]?(?:Basic|Bearer|Token|Digest|Key)\s+(?P<value>[^\s'\"]{8,})", re.I), "Authorization Header"),
+    (
+        re.compile(r"\bAuthorization\s*[:=]\s*['\"]?(?:Basic|Bearer|Token|Digest|Key)\s+(?P<value>[^\s'\"]{8,})", re.I),
+        "Authorization Header",
+    ),
     (re.compile(r"://[^\s/:@]*:(?P<value>[^\s/@]{3,})@"), "Basic Auth Credentials"),  # redis://:pw@host too
-    (re.compile(rf"<(?P<tag>[\w.-]*{CREDENTIAL_WORD}[\w.-]*)>(?P<value>[^<\s]{{4,}})</(?P=tag)>", re.I), "Secret Keyword"),
+    (
+        re.compile(rf"<(?P<tag>[\w.-]*{CREDENTIAL_WORD}[\w.-]*)>(?P<value>[^<\s]{{4,}})</(?P=tag)>", re.I),
+        "Secret Keyword",
+    ),
 )
 """Shapes detect-secrets has no plugin for: curl -u, --password, sshpass, mysql -p, headers, XML elements."""
 TOKEN_SHAPES = re.compile(
@@ -94,7 +106,8 @@ MIXED_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
 HEX_RUN = re.compile(rf"(?<![A-Za-z0-9_-])[0-9A-Fa-f]{{{MIN_HEX},}}(?![A-Za-z0-9_-])")
 HASH_WORD = re.compile(
     r"(?<![A-Za-z])(?:sha\d*|md5|blake\d*\w*|commit|commits|rev|revision|hash|digest|checksum|integrity|etag|oid"
-    r"|object|tree|blob|parent|merge|ref|head|fixed in|cherry-picked|revert\w*|build[-_ ]?id|uuid|fingerprint)(?![A-Za-z])",
+    r"|object|tree|blob|parent|merge|ref|head|fixed in|cherry-picked|revert\w*|build[-_ ]?id|uuid|fingerprint)"
+    r"(?![A-Za-z])",
     re.I,
 )
 PLACEHOLDER = re.compile(
@@ -114,7 +127,9 @@ CAMEL_WORDS = re.compile(r"[A-Za-z][a-z]+(?:[A-Z][a-z]+|_[a-z]+)*")
 HINTS = ("key", "pw", "pass", "token", "secret", "auth", "credential", "bearer", "contrase", "cloudant", "softlayer")
 """Every keyword-style regex (ours, ``KeywordDetector``'s and the cloud plugins' ``key = value`` ones) needs one
 of these (lowercased) in its line: lines without any skip them, by a substring test far cheaper than the regexes."""
-NAMED_PLUGINS = frozenset({"KeywordDetector", "CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector"})
+NAMED_PLUGINS = frozenset(
+    {"KeywordDetector", "CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector"}
+)
 SKIPPED_PLUGINS = frozenset({"IPPublicDetector"})
 CONFIG_NAME = "text.yaml"
 """How text without a file is read by ``KeywordDetector``: as configuration."""
@@ -291,7 +306,11 @@ def _rule_findings(detectors: _Detectors, line: str, named: bool, lock_file: boo
         return
     for match in HEX_RUN.finditer(line):  # unquoted hex keys: only with a credential word on the line
         value = match.group(0)
-        if named and KEY_NAME.search(line) and detectors.hex.calculate_shannon_entropy(value) > detectors.hex.entropy_limit:
+        if (
+            named
+            and KEY_NAME.search(line)
+            and detectors.hex.calculate_shannon_entropy(value) > detectors.hex.entropy_limit
+        ):
             if not detectors.heuristic.is_sequential_string(value):
                 yield Finding(value, "Hex High Entropy String", rule)
     for match in MIXED_TOKEN.finditer(line):

@@ -460,7 +460,9 @@ class DmemServer(LanguageServer):
             if number is None:
                 continue
             try:
-                loop.add_signal_handler(number, lambda name=number.name: asyncio.ensure_future(self.leave_on_signal(name)))
+                loop.add_signal_handler(
+                    number, lambda name=number.name: asyncio.ensure_future(self.leave_on_signal(name))
+                )
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
                 pass
 
@@ -502,7 +504,8 @@ def _request_failure(name: str, error: BaseException) -> JsonRpcException:
         return error
     if type(error).__name__ == "OutOfMemoryError":
         return RequestFailed(
-            f"{name}: CUDA ran out of memory; lower completion.prefixTokens, use --quantization nf4 or a smaller --model"
+            f"{name}: CUDA ran out of memory; lower completion.prefixTokens, "
+            "use --quantization nf4 or a smaller --model"
         )
     log.exception("%s failed", name, exc_info=error)
     return RequestFailed(f"{name} failed: {type(error).__name__}: {error}")

@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_ADAPTER", "Settings", "CompletionSettings", "ExplainSettings", "MemorySettings", "parse_settings", "merge", "ENGINE_KEYS", "CLIENT_KEY", "cpu_cores", "torch_threads"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_ADAPTER",
+    "Settings",
+    "CompletionSettings",
+    "ExplainSettings",
+    "MemorySettings",
+    "parse_settings",
+    "merge",
+    "ENGINE_KEYS",
+    "CLIENT_KEY",
+    "cpu_cores",
+    "torch_threads",
+]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
@@ -139,7 +153,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _check(value: Any, kind: Any, meta: dict[str, Any]) -> tuple[bool, Any, str]:
+def _check(value: Any, kind: Any, meta: Mapping[str, Any]) -> tuple[bool, Any, str]:
     """(valid, value, what was expected)."""
     if kind is bool:
         return isinstance(value, bool), value, "true or false"
@@ -175,7 +189,7 @@ def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> An
         if value is None:
             continue
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if value == []:  # an empty Lua table (Neovim) is encoded as []
                 value = {}
             if isinstance(value, dict):

@@ -24,7 +24,12 @@ KIND = "dmem-lsp store snapshot"
 
 
 def write_snapshot(path: Path, store: str, tensor: Any, fingerprint: Fingerprint, tokens: int) -> None:
-    metadata = {"kind": KIND, "store": store, "tokens": str(int(tokens)), "fingerprint": json.dumps(fingerprint, sort_keys=True)}
+    metadata = {
+        "kind": KIND,
+        "store": store,
+        "tokens": str(int(tokens)),
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+    }
     tensors = _as_float32({"state": tensor})
     metadata["checksum"] = checksum(tensors, metadata)
     _atomic_write(Path(path), _serialize(tensors, metadata))

@@ -269,7 +269,9 @@ class WorkspaceStore:
             tensors, metadata = read_file(path, numpy)
             version = metadata.get("format_version")
             if version not in READABLE_VERSIONS:
-                raise StoreError(f"{path} has no fingerprint of a format this dmem-lsp reads (format_version {version!r})")
+                raise StoreError(
+                    f"{path} has no fingerprint of a format this dmem-lsp reads (format_version {version!r})"
+                )
             if version != "1":
                 verify(tensors, metadata, path)
             else:
@@ -311,7 +313,9 @@ class WorkspaceStore:
                 if not differ:
                     return saved, notes
                 if not move_aside:
-                    return None, [f"the saved memory of {self.root} was made with another {', '.join(differ)}; left in place"]
+                    return None, [
+                        f"the saved memory of {self.root} was made with another {', '.join(differ)}; left in place"
+                    ]
                 kept = self._keep(saved.fingerprint)
                 notes.append(
                     f"the saved memory of {self.root} was made with another {', '.join(differ)} "
@@ -357,7 +361,11 @@ class WorkspaceStore:
         return None, "; ".join(notes) or None
 
     def save_states(
-        self, states: dict[str, Any], fingerprint: Fingerprint, tokens: dict[str, int], sources: dict[str, str] | None = None
+        self,
+        states: dict[str, Any],
+        fingerprint: Fingerprint,
+        tokens: dict[str, int],
+        sources: dict[str, str] | None = None,
     ) -> None:
         tensors = _as_float32(states)
         metadata = {

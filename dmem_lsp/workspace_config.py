@@ -103,7 +103,9 @@ def read_workspace_config(root: Path, stores: tuple[str, ...] = ()) -> tuple[Wor
     """
     path = root / CONFIG_PATH
     if path.is_dir():
-        return WorkspaceConfig(), [f"{path} is a directory, not a file: ignored (the folder uses the editor's settings)"]
+        return WorkspaceConfig(), [
+            f"{path} is a directory, not a file: ignored (the folder uses the editor's settings)"
+        ]
     if not path.is_file():
         return WorkspaceConfig(), []
     try:
@@ -133,7 +135,12 @@ def read_workspace_config(root: Path, stores: tuple[str, ...] = ()) -> tuple[Wor
             ignore=_strings(tables["policy"], "ignore", f"{where} [policy]", warnings),
             conventions=_strings(tables["policy"], "conventions", f"{where} [policy]", warnings),
         ),
-        warnings + [f"{where} [policy]: unknown key {key!r}, ignored" for key in tables["policy"] if key not in ("ignore", "conventions")],
+        warnings
+        + [
+            f"{where} [policy]: unknown key {key!r}, ignored"
+            for key in tables["policy"]
+            if key not in ("ignore", "conventions")
+        ],
     )
 
 
@@ -149,14 +156,17 @@ def _adapter(root: Path, path: Path, table: dict[str, Any]) -> AdapterSource | N
     origin = str(path)
     unknown = sorted(set(table) - {"path", "repo", "revision"})
     if unknown:
-        raise WorkspaceConfigError(f"{path} [adapter]: unknown keys {', '.join(unknown)} (use path, or repo and revision)")
+        raise WorkspaceConfigError(
+            f"{path} [adapter]: unknown keys {', '.join(unknown)} (use path, or repo and revision)"
+        )
     local, repo, revision = table.get("path"), table.get("repo"), table.get("revision")
     for name, value in (("path", local), ("repo", repo), ("revision", revision)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise WorkspaceConfigError(f"{path} [adapter]: {name} must be a non-empty string, got {value!r}")
     if (local is None) == (repo is None):
         raise WorkspaceConfigError(
-            f"{path} [adapter]: give either path (a directory inside the repository) or repo and revision (a Hugging Face repo id)"
+            f"{path} [adapter]: give either path (a directory inside the repository) "
+            "or repo and revision (a Hugging Face repo id)"
         )
     if local is not None:
         if revision is not None:
@@ -168,13 +178,16 @@ def _adapter(root: Path, path: Path, table: dict[str, Any]) -> AdapterSource | N
                 "commit the adapter inside it, or name a Hugging Face repo"
             )
         return AdapterSource(str(directory), None, origin)
+    assert repo is not None  # one of path and repo, checked above
     if revision is None:
         raise WorkspaceConfigError(
             f"{path} [adapter]: repo {repo!r} needs a revision (a tag, branch or commit), so that everyone "
             "on the team loads the same adapter"
         )
     if repo.count("/") != 1 or repo.startswith(("/", ".", "~")):
-        raise WorkspaceConfigError(f"{path} [adapter]: repo must be a Hugging Face repo id such as org/name, not {repo!r}")
+        raise WorkspaceConfigError(
+            f"{path} [adapter]: repo must be a Hugging Face repo id such as org/name, not {repo!r}"
+        )
     return AdapterSource(repo, revision, origin)
 
 

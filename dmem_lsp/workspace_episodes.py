@@ -123,7 +123,8 @@ class _Repository:
         return self.policy.check_path(self.root / path) is None
 
     def text(self, blob: str, path: str) -> str | None:
-        """A blob's text with its secrets redacted, or None when the policy refuses it (binary, too big, mostly secret)."""
+        """A blob's text with its secrets redacted, or None when the policy refuses it (binary, too big,
+        mostly secret)."""
         if (blob, path) not in self._blobs:
             text, refusal = self.policy.check_text_bytes(self.git("cat-file", "blob", blob), path)
             self._blobs[(blob, path)] = text if refusal is None else None

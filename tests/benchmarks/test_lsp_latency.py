@@ -30,7 +30,9 @@ def test_documents_of_every_size_end_alike():
 
 def test_quick_run_prints_every_row():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=1200, env=env)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=1200, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for row in ("LSP round trip", "engine directly", "server overhead", "largest p50 / 10 KB p50", "default / auto:"):

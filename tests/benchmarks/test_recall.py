@@ -86,7 +86,10 @@ def test_quick_run_prints_the_table_and_replays_identically(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--seed", "3", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=1500, env=env,  # a hang guard, not a time limit: a loaded machine is slow
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=env,  # a hang guard, not a time limit: a loaded machine is slow
     )
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout

@@ -26,7 +26,9 @@ from dmem_lsp.store import StoreError, WorkspaceStore
 from tests.dmem_lsp.lsp import RawServer
 
 CONVENTIONS = {
-    "pyproject.toml": "[tool.ruff]\nline-length = 100\nselect = ['E', 'F', 'I', 'B']\n[tool.pytest.ini_options]\ntestpaths = ['qa']\n",
+    "pyproject.toml": (
+        "[tool.ruff]\nline-length = 100\nselect = ['E', 'F', 'I', 'B']\n[tool.pytest.ini_options]\ntestpaths = ['qa']\n"
+    ),
     "setup.cfg": "[flake8]\nmax-line-length = 100\nexclude = build,dist\n[isort]\nprofile = black\n",
     ".editorconfig": "root = true\n[*]\nindent_style = space\nindent_size = 4\nend_of_line = lf\n",
     "tox.ini": "[tox]\nenvlist = py311,py312\n[testenv]\ncommands = pytest qa\n",
@@ -121,7 +123,9 @@ class Kills:
                 problems.append(f"{when}: the state records {source} ({digest[:12]}) whose write never completed")
         needed = sum(self.written.get(item, 0) for item in saved.sources.items())
         if saved.tokens.get("conventions", 0) < needed:
-            problems.append(f"{when}: conventions hold {saved.tokens.get('conventions', 0)} tokens, its sources {needed}")
+            problems.append(
+                f"{when}: conventions hold {saved.tokens.get('conventions', 0)} tokens, its sources {needed}"
+            )
         manifest, problem = files.read_manifest(move_aside=False)
         if problem or manifest["sources"] != saved.sources:
             problems.append(f"{when}: the manifest does not match the state ({problem or manifest['sources']})")
@@ -150,12 +154,16 @@ class Kills:
         server = self.start()
         self.problems += self.check(f"restart {self.rounds}")
         app = (self.workspace / "src" / "app.py").as_uri()
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": app, "languageId": "python", "version": 1, "text": APP}})
+        server.notify(
+            "textDocument/didOpen", {"textDocument": {"uri": app, "languageId": "python", "version": 1, "text": APP}}
+        )
         server.notify("textDocument/didChange", {
             "textDocument": {"uri": app, "version": 2},
             "contentChanges": [{"text": APP + f"\n\ndef sub_{self.rounds}(a, b):\n    return a - b\n"}],
         })
-        server.notify("dmem/debugStep", {"text": f"round {self.rounds}: test_add FAILED, assert 3 == 4", "kind": "test failure"})
+        server.notify(
+            "dmem/debugStep", {"text": f"round {self.rounds}: test_add FAILED, assert 3 == 4", "kind": "test failure"}
+        )
         events = self.rng.randint(0, 12)
         learned = False
 

@@ -14,8 +14,9 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
@@ -40,11 +41,20 @@ class RawServer:
     """The server over raw pipes: send any bytes, read every framed message."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], python_flags: tuple[str, ...] = (), preexec_fn: Callable[[], None] | None = None
+        self,
+        args: list[str],
+        env: dict[str, str],
+        python_flags: tuple[str, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         command = [sys.executable, *python_flags, "-m", "dmem_lsp", *args]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=preexec_fn
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=preexec_fn,
         )
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stderr: list[bytes] = []
@@ -150,7 +160,9 @@ CAPABILITIES = types.ClientCapabilities(
         show_message=types.ShowMessageRequestClientCapabilities(),
         show_document=types.ShowDocumentClientCapabilities(support=True),
     ),
-    workspace=types.WorkspaceClientCapabilities(configuration=True, did_change_configuration=types.DidChangeConfigurationClientCapabilities()),
+    workspace=types.WorkspaceClientCapabilities(
+        configuration=True, did_change_configuration=types.DidChangeConfigurationClientCapabilities()
+    ),
     text_document=types.TextDocumentClientCapabilities(
         completion=types.CompletionClientCapabilities(),
         code_action=types.CodeActionClientCapabilities(),
@@ -196,7 +208,9 @@ async def wait_for_status(client: LanguageClient, *states: str, timeout: float =
     return await asyncio.wait_for(wait(), timeout)
 
 
-async def wait_for_memory(client: LanguageClient, match: Callable[[dict[str, Any]], bool], after: int = 0, timeout: float = TIMEOUT) -> dict[str, Any]:
+async def wait_for_memory(
+    client: LanguageClient, match: Callable[[dict[str, Any]], bool], after: int = 0, timeout: float = TIMEOUT
+) -> dict[str, Any]:
     """The first ``dmem/memory`` event from index ``after`` on that ``match``es (received or to come)."""
 
     async def wait() -> dict[str, Any]:

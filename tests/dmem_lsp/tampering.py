@@ -7,8 +7,8 @@ tests/dmem_lsp/test_tampering.py and benchmarks/durability.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save
@@ -42,7 +42,9 @@ def swap(a: str, b: str):
 
 def more_tokens(tensors, metadata):
     value = json.loads(metadata["tokens"])  # {store: count} in a state, a count in a snapshot
-    metadata["tokens"] = json.dumps({k: v + 1000 for k, v in value.items()}) if isinstance(value, dict) else str(value + 1000)
+    metadata["tokens"] = (
+        json.dumps({k: v + 1000 for k, v in value.items()}) if isinstance(value, dict) else str(value + 1000)
+    )
 
 
 def scale(tensors, metadata):

@@ -17,8 +17,7 @@ import torch
 import memory
 from dmem_lsp.cli import main
 from memory.adapter_io import CONFIG_NAME, WEIGHTS_NAME
-from tests.memory.helpers import strengthen
-from tests.memory.helpers import write_official, written_logits
+from tests.memory.helpers import strengthen, write_official, written_logits
 from tests.tiny_models import load_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "piano", "lemon"]

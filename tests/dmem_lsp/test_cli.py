@@ -22,7 +22,9 @@ def test_version_and_help():
     assert version.returncode == 0 and version.stdout.strip() == f"dmem-lsp {__version__}"
     help_ = run("--help")
     assert help_.returncode == 0 and "language server" in help_.stdout
-    for flag in ("--tcp", "--host", "--port", "--model", "--adapter", "--device", "--quantization", "--log-file", "-v", "doctor"):
+    for flag in (
+        "--tcp", "--host", "--port", "--model", "--adapter", "--device", "--quantization", "--log-file", "-v", "doctor"
+    ):
         assert flag in help_.stdout
 
 
@@ -50,17 +52,26 @@ def test_doctor_says_where_things_are(model_dirs, tmp_path):
 
 
 def test_doctor_shows_the_workspace_config(tmp_path):
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {
+        **os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")
+    }
     project = tmp_path / "project"
     (project / ".dmem").mkdir(parents=True)
     (project / "src").mkdir()
     config = project / ".dmem" / "config.toml"
-    config.write_text('[adapter]\nrepo = "acme/adapter"\nrevision = "v2"\n[stores]\nedits = false\n[memory]\nenabled = 3\n')
+    config.write_text(
+        '[adapter]\nrepo = "acme/adapter"\nrevision = "v2"\n[stores]\nedits = false\n[memory]\nenabled = 3\n'
+    )
     shown = run("--adapter", "none", "doctor", env=env, cwd=project / "src").stdout  # found from a subfolder
-    assert f"workspace config {config}" in shown and "adapter acme/adapter@v2: Hugging Face id acme/adapter at v2: not in the cache" in shown
+    assert (
+        f"workspace config {config}" in shown
+        and "adapter acme/adapter@v2: Hugging Face id acme/adapter at v2: not in the cache" in shown
+    )
     assert "stores: edits=False" in shown
     hints = shown.split("hints:")[1]
-    assert "dmem-lsp download --adapter acme/adapter --revision v2" in hints and "enabled expected true or false" in hints
+    assert (
+        "dmem-lsp download --adapter acme/adapter --revision v2" in hints and "enabled expected true or false" in hints
+    )
     config.write_text('[adapter]\npath = "../../elsewhere"\n')
     shown = run("--adapter", "none", "doctor", env=env, cwd=project).stdout
     assert "unusable" in shown and "leads outside the repository" in shown.split("hints:")[1]

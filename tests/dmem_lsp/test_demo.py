@@ -82,7 +82,9 @@ def test_ctrl_c_stops_the_demo_and_its_server(first_run):
 
 
 def test_the_demo_loads_no_torch_until_it_builds_a_model():
-    code = "import sys, dmem_lsp.demo, dmem_lsp.demo_model; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys, dmem_lsp.demo, dmem_lsp.demo_model; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.split() == ["False", "False"]
 
@@ -100,7 +102,9 @@ def shipped_dir(tmp_path: Path) -> tuple[Path, str]:
     spec = {"recipe": "test-recipe", "conventions": {"README.md": "indent = 4\n"}, "files": {}, "queries": [query]}
     (tmp_path / "workspace.json").write_text(json.dumps(spec))
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tmp_path).as_posix()}\n" for p in files)
+    sums = "".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tmp_path).as_posix()}\n" for p in files
+    )
     (tmp_path / "SHA256SUMS").write_text(sums)
     return tmp_path, hashlib.sha256(sums.encode()).hexdigest()
 

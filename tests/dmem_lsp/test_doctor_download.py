@@ -17,7 +17,12 @@ from dmem_lsp.engine import EngineError, _resolve_local
 
 
 def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+    }
     env.pop("HF_HUB_CACHE", None)
     return subprocess.run(
         [sys.executable, "-m", "dmem_lsp", *args], cwd=cwd or tmp_path, env=env, capture_output=True, text=True,

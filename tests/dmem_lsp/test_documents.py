@@ -27,7 +27,9 @@ def _change(rng: random.Random, text: str) -> types.TextDocumentContentChangePar
     return types.TextDocumentContentChangePartial(range=types.Range(start=start, end=end), text=new)
 
 
-@pytest.mark.parametrize("encoding", [types.PositionEncodingKind.Utf16, types.PositionEncodingKind.Utf8], ids=lambda e: e.value)
+@pytest.mark.parametrize(
+    "encoding", [types.PositionEncodingKind.Utf16, types.PositionEncodingKind.Utf8], ids=lambda e: e.value
+)
 @pytest.mark.parametrize("seed", range(16))
 def test_incremental_changes_give_pygls_text(seed, encoding):
     rng = random.Random(seed)

@@ -26,11 +26,15 @@ import pytest
 import torch
 
 from dmem_lsp.store import WorkspaceStore, state_sha256
-from tests.dmem_lsp.kills import OPTIONS as FAST, initialize, learning_ended, memory_event
+from tests.dmem_lsp.kills import OPTIONS as FAST
+from tests.dmem_lsp.kills import initialize, learning_ended, memory_event
 from tests.dmem_lsp.lsp import TIMEOUT, RawServer, server_env
 from tests.dmem_lsp.tampering import flip_a_bit
 
-SLOW = {"completion": {"maxTokens": 4, "debounceMs": 0}, "memory": {"saveDebounceMs": 600_000, "editDebounceMs": 600_000}}
+SLOW = {
+    "completion": {"maxTokens": 4, "debounceMs": 0},
+    "memory": {"saveDebounceMs": 600_000, "editDebounceMs": 600_000},
+}
 """Nothing saves, and no edit is written, on its own: only the way out can save them."""
 APP = "def add(a, b):\n    return a + b\n"
 
@@ -70,8 +74,12 @@ def command(server: RawServer, id_: int, name: str, *arguments) -> dict:
 
 
 def edit(server: RawServer, uri: str, text: str) -> None:
-    server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": APP}})
-    server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": text}]})
+    server.notify(
+        "textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": APP}}
+    )
+    server.notify(
+        "textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": text}]}
+    )
 
 
 def shown(messages: list[dict]) -> list[str]:
@@ -95,7 +103,9 @@ QUITS = {
 def test_acknowledged_memory_is_on_disk_however_the_client_goes(args, tmp_path, workspace, quit):
     server, _ = start(args, tmp_path, workspace, SLOW)
     try:
-        tokens = command(server, 2, "dmem.rememberDebugStep", "test_add failed: the fixture reads qa/data.json")["tokens"]
+        tokens = command(server, 2, "dmem.rememberDebugStep", "test_add failed: the fixture reads qa/data.json")[
+            "tokens"
+        ]
         assert tokens > 0
         edit(server, (workspace / "src" / "app.py").as_uri(), APP + "\n\ndef sub(a, b):\n    return a - b\n")
         command(server, 3, "dmem.memoryStatus")  # the edit has arrived; it waits 10 minutes for its debounce
@@ -136,7 +146,11 @@ def test_the_first_edit_of_a_file_opened_while_the_model_loads_is_written(args, 
         opened, before = server.wait_for(lambda m: memory_event(m, "opened"))
         assert not [m for m in before if memory_event(m)], "the folder opened before the document"
         written, _ = server.wait_for(lambda m: memory_event(m, "written"))
-        assert (written["params"]["store"], written["params"]["kind"], written["params"]["source"]) == ("edits", "edit", "src/app.py")
+        assert (written["params"]["store"], written["params"]["kind"], written["params"]["source"]) == (
+            "edits",
+            "edit",
+            "src/app.py",
+        )
         assert server.close() == 0
     finally:
         if server.process.poll() is None:
@@ -156,7 +170,9 @@ def test_a_reset_during_a_long_write_wins(args, tmp_path, workspace):
         assert reset["stores"] == ["debug"]
         on_disk = WorkspaceStore(workspace).read_saved()  # reset has answered: what is on disk now
         assert on_disk.tokens["debug"] == 0 and not torch.count_nonzero(on_disk.states["debug"])
-        remembered = next((m for m in server.received if m.get("id") == 2 and "method" not in m), None) or server.response(2)
+        remembered = next(
+            (m for m in server.received if m.get("id") == 2 and "method" not in m), None
+        ) or server.response(2)
         assert remembered["result"]["tokens"] == 0
         skipped = [m for m in server.received if memory_event(m, "skipped")]
         assert skipped and "reset" in skipped[-1]["params"]["reason"]
@@ -219,7 +235,10 @@ def test_a_broken_manifest_or_state_is_reported_and_recovered(args, tmp_path, wo
     assert {m["params"]["source"] for m in first if memory_event(m, "written")} == {"pyproject.toml", "README.md"}
     files = WorkspaceStore(workspace)
     learned = files.read_saved()
-    for broken, named in (("{not json", "not a valid manifest"), ('{"audit": 5, "tokens": {}}', "audit must be a list")):
+    for broken, named in (
+        ("{not json", "not a valid manifest"),
+        ('{"audit": 5, "tokens": {}}', "audit must be a list"),
+    ):
         files.manifest_path.write_text(broken)
         session = _learn(args, tmp_path, workspace)
         assert any(named in text for text in shown(session)), shown(session)

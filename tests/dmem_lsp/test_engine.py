@@ -52,7 +52,9 @@ def test_stop_flag_ends_generation_within_one_step(engine):
         checks.append(1)
         return len(checks) > 3
 
-    result = engine.generate(engine.tokenizer.encode("x", add_special_tokens=False), max_new_tokens=50, should_stop=should_stop)
+    result = engine.generate(
+        engine.tokenizer.encode("x", add_special_tokens=False), max_new_tokens=50, should_stop=should_stop
+    )
     assert result.cancelled and len(result.token_ids) == 3
 
 
@@ -67,7 +69,9 @@ def test_stop_strings_cut_the_text(engine):
 
 def test_nf4_on_the_cpu_with_an_adapter_directory(model_dirs, engine, tmp_path):
     path = memory.save_adapter(engine.memory, tmp_path / "adapter")
-    nf4 = Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=str(path), device="cpu", quantization="nf4"))
+    nf4 = Engine.load(
+        EngineOptions(model=str(model_dirs["qwen3"]), adapter=str(path), device="cpu", quantization="nf4")
+    )
     assert type(nf4.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     for name, tensor in engine.memory.adapter_state_dict().items():
         assert torch.equal(nf4.memory.adapter_state_dict()[name], tensor)
@@ -121,7 +125,9 @@ def test_workspace_adapters_swap_in_and_refuse_what_cannot_swap(model_dirs, tmp_
 
     # a compatible one swaps in, and back
     loaded = engine.adapter(tsw)
-    assert engine.adapter(tsw) is loaded and loaded.fingerprint["adapter_sha256"] != engine.fingerprint["adapter_sha256"]
+    assert (
+        engine.adapter(tsw) is loaded and loaded.fingerprint["adapter_sha256"] != engine.fingerprint["adapter_sha256"]
+    )
     prompt = engine.tokenizer.encode("def f(x):\n", add_special_tokens=False)
     states = {"conventions": torch.randn(2, 1, 8, 8) * 0.5}
     engine.memory.load_states(states)
@@ -141,7 +147,11 @@ def test_the_server_writes_with_a_segment_write_adapter(model_dirs, tmp_path):
 
     mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig(write="segment"))
     strengthen(mem, seed=4)
-    engine = Engine.load(EngineOptions(model=str(model_dirs["qwen3"]), adapter=str(memory.save_adapter(mem, tmp_path / "ssw")), device="cpu"))
+    engine = Engine.load(
+        EngineOptions(
+            model=str(model_dirs["qwen3"]), adapter=str(memory.save_adapter(mem, tmp_path / "ssw")), device="cpu"
+        )
+    )
     ids = token_ids(1, 12, seed=5)
     states = write_memory(engine, "edits", ids[0].tolist())
     mem.reset()
@@ -156,7 +166,10 @@ def test_a_model_saved_without_its_tokenizer_is_refused_naming_it(model_dirs, tm
 
     bare = tmp_path / "bare"
     shutil.copytree(model_dirs["qwen3"], bare)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"):
+    for name in (
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+        "chat_template.jinja",
+    ):
         (bare / name).unlink(missing_ok=True)
     with pytest.raises(EngineError, match="no usable tokenizer") as caught:
         Engine.load(EngineOptions(model=str(bare), adapter=None, device="cpu"))
@@ -172,7 +185,10 @@ def test_threads_are_set_on_the_thread_that_loads(model_dirs):
     try:
         options = EngineOptions(model=str(model_dirs["qwen3"]), adapter=None, device="cpu", threads=3)
         worker.submit(lambda stop: Engine.load(options), priority=Priority.LOAD).future.result(timeout=120)
-        assert worker.submit(lambda stop: torch.get_num_threads(), priority=Priority.REQUEST).future.result(timeout=60) == 3
+        assert (
+            worker.submit(lambda stop: torch.get_num_threads(), priority=Priority.REQUEST).future.result(timeout=60)
+            == 3
+        )
     finally:
         worker.close()
     with pytest.raises(ValueError, match="threads"):

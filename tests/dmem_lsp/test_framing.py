@@ -61,7 +61,9 @@ def test_the_next_message_is_read_after_a_malformed_frame(case, piece):
     assert frames[-1] == probe
     assert probe not in frames[:-1]
     # what was wrong is said: a Junk event, or a frame that is not the message it claimed to be
-    assert any(isinstance(event, Junk) for event in events) or any(e.note or e.body != body() for e in events if e.body != probe)
+    assert any(isinstance(event, Junk) for event in events) or any(
+        e.note or e.body != body() for e in events if e.body != probe
+    )
 
 
 @pytest.mark.parametrize("case", WELL_FORMED_VARIANTS, ids=list(WELL_FORMED_VARIANTS))

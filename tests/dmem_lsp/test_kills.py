@@ -34,23 +34,33 @@ def test_random_kills_never_leave_a_state_that_lies(talkative_model, talkative_a
     assert kills.written, "no convention write completed in any round"
 
 
-def test_a_save_between_the_chunks_of_a_convention_file_does_not_record_it(talkative_model, talkative_adapter, tmp_path, monkeypatch):
+def test_a_save_between_the_chunks_of_a_convention_file_does_not_record_it(
+    talkative_model, talkative_adapter, tmp_path, monkeypatch
+):
     """The issue's case: a debounced save lands while a convention file is half written, then
     the server is killed. The file must not count as learned, and the next start learns it."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     workspace = tmp_path / "project"
     workspace.mkdir()
-    (workspace / "README.md").write_text("# Project\n" + "".join(f"Rule {i}: name tests after behaviour.\n" for i in range(120)))
+    (workspace / "README.md").write_text(
+        "# Project\n" + "".join(f"Rule {i}: name tests after behaviour.\n" for i in range(120))
+    )
     args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
     options = {"memory": {"writeChunkTokens": 16, "saveDebounceMs": 0, "conventionFileTokens": 2048}}
     server = RawServer(args, server_env(tmp_path / "data"))
     try:
         initialize(server, workspace, options)
         server.wait_for(lambda m: memory_event(m, "opened"))
-        server.request(2, "workspace/executeCommand", {"command": "dmem.rememberDebugStep", "arguments": ["flaky: the clock is mocked"]})
+        server.request(
+            2,
+            "workspace/executeCommand",
+            {"command": "dmem.rememberDebugStep", "arguments": ["flaky: the clock is mocked"]},
+        )
         server.wait_for(lambda m: m.get("id") == 2 and "method" not in m)
         server.wait_for(lambda m: memory_event(m, "saved"))  # the debug step's save, README.md half written
-        half_way = not [m for m in server.received if memory_event(m, "written") and m["params"]["source"] == "README.md"]
+        half_way = not [
+            m for m in server.received if memory_event(m, "written") and m["params"]["source"] == "README.md"
+        ]
     finally:
         server.process.kill()
         server.process.wait(timeout=WAIT)

@@ -20,7 +20,11 @@ from safetensors.numpy import load_file
 from dmem_lsp.store import WorkspaceStore, state_sha256
 
 SHAPE = (2, 1, 8, 8)
-FINGERPRINT = {"backbone": {"id": "tiny/test"}, "adapter_sha256": "a" * 64, "config": {"stores": ["conventions", "debug", "edits"]}}
+FINGERPRINT = {
+    "backbone": {"id": "tiny/test"},
+    "adapter_sha256": "a" * 64,
+    "config": {"stores": ["conventions", "debug", "edits"]},
+}
 RUN = (
     "import sys; from dmem_lsp.cli import main; code = main(sys.argv[1:]); "
     "print('torch imported:', 'torch' in sys.modules, file=sys.stderr); sys.exit(code)"
@@ -75,7 +79,9 @@ def test_reset_from_a_subdirectory_zeroes_the_repository_s_store_without_torch(p
     assert f"{root}: reset debug" in result.stdout
     on_disk = load_file(str(WorkspaceStore(root).state_path))
     assert not on_disk["debug"].any()
-    assert np.array_equal(on_disk["edits"], states["edits"]) and np.array_equal(on_disk["conventions"], states["conventions"])
+    assert np.array_equal(on_disk["edits"], states["edits"]) and np.array_equal(
+        on_disk["conventions"], states["conventions"]
+    )
     manifest = json.loads(WorkspaceStore(root).manifest_path.read_text())
     assert manifest["tokens"]["debug"] == 0 and manifest["tokens"]["edits"] == 30
 

@@ -177,10 +177,14 @@ async def test_an_edit_in_the_editor_changes_only_edits(box):
     doc = path.as_uri()
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         text_document=types.TextDocumentItem(uri=doc, language_id="python", version=1, text=APP)))
-    client.text_document_did_change(types.DidChangeTextDocumentParams(
-        text_document=types.VersionedTextDocumentIdentifier(uri=doc, version=2),
-        content_changes=[types.TextDocumentContentChangeWholeDocument(text=APP + "\n\ndef sub(a, b):\n    return a - b\n")],
-    ))
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=doc, version=2),
+            content_changes=[
+                types.TextDocumentContentChangeWholeDocument(text=APP + "\n\ndef sub(a, b):\n    return a - b\n")
+            ],
+        )
+    )
     client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=doc)))
     assert (await written(client, "edits", after))["source"] == "src/edited.py"
     assert_only_changed(before, disk_states(await settled(client)), "edits")
@@ -215,7 +219,9 @@ async def test_remembering_a_debug_step_changes_only_debug(box):
     client = box.client
     before = disk_states(await settled(client))
     trace = "Traceback (most recent call last):\n  File 'src/app.py', line 2\nZeroDivisionError: division by zero"
-    result = await command(client, "dmem.rememberDebugStep", {"uri": uri(box, "src/app.py"), "text": trace, "kind": "stack trace"})
+    result = await command(
+        client, "dmem.rememberDebugStep", {"uri": uri(box, "src/app.py"), "text": trace, "kind": "stack trace"}
+    )
     assert result["tokens"] > 0  # answered once written
     assert_only_changed(before, disk_states(await settled(client)), "debug")
 
@@ -238,7 +244,9 @@ async def test_accepted_completions_debug_notifications_and_editor_resets(box):
 
     before = disk_states(await settled(client))
     after = len(client.memory_events)
-    client.protocol.notify("dmem/debugStep", {"uri": app, "text": "test_add FAILED: assert 3 == 4", "kind": "test failure"})
+    client.protocol.notify(
+        "dmem/debugStep", {"uri": app, "text": "test_add FAILED: assert 3 == 4", "kind": "test failure"}
+    )
     event = await wait_for_memory(client, lambda e: e["event"] == "written", after)
     assert (event["store"], event["kind"]) == ("debug", "test failure")
     assert_only_changed(before, disk_states(await settled(client)), "debug")
@@ -286,7 +294,9 @@ async def test_a_reset_from_a_terminal_reaches_the_running_server(box):
     await written(client, "edits", after)
     before = hashes(await settled(client))
     assert before["edits"] != state_sha256(torch.zeros(2, 1, 8, 8))
-    result = await asyncio.to_thread(run_cli, box, "--reset-memory", "--store", "edits", "--workspace", str(box.workspace))
+    result = await asyncio.to_thread(
+        run_cli, box, "--reset-memory", "--store", "edits", "--workspace", str(box.workspace)
+    )
     assert result.returncode == 0, result.stderr
     assert "by the running server" in result.stdout
     folder = await settled(client)
@@ -320,7 +330,8 @@ async def test_a_restart_restores_every_state_bit_identically(fresh):
     fresh.client = await launch(fresh)
     folder = await status(fresh.client)
     assert hashes(folder) == before
-    assert not [e for e in fresh.client.memory_events if e["event"] == "written"]  # unchanged files are not written again
+    # unchanged files are not written again
+    assert not [e for e in fresh.client.memory_events if e["event"] == "written"]
     assert {store: state_sha256(t) for store, t in disk_states(folder).items()} == before
 
 
@@ -330,13 +341,17 @@ async def test_folders_added_and_removed_at_run_time(box, tmp_path):
     extra.mkdir()
     (extra / "setup.cfg").write_text("[flake8]\nmax-line-length = 99\n")
     after = len(client.memory_events)
-    added = types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")], removed=[])
+    added = types.WorkspaceFoldersChangeEvent(
+        added=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")], removed=[]
+    )
     client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(event=added))
     await wait_for_memory(client, lambda e: e["event"] == "written" and e["folder"] == extra.as_uri(), after)
     folders = (await command(client, "dmem.memoryStatus"))["folders"]
     assert {f["folder"] for f in folders} == {box.workspace.as_uri(), extra.as_uri()}
     assert [f for f in folders if f["folder"] == box.workspace.as_uri()][0]["stores"]["conventions"]["tokens"] > 0
-    removed = types.WorkspaceFoldersChangeEvent(added=[], removed=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")])
+    removed = types.WorkspaceFoldersChangeEvent(
+        added=[], removed=[types.WorkspaceFolder(uri=extra.as_uri(), name="second")]
+    )
     after = len(client.memory_events)
     client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(event=removed))
     await wait_for_memory(client, lambda e: e["event"] == "saved" and e["folder"] == extra.as_uri(), after)
@@ -348,7 +363,8 @@ async def test_export_and_import_refuse_another_adapter(box, tmp_path):
     await settled(box.client)
     snapshot = tmp_path / "debug.safetensors"
     result = await asyncio.to_thread(
-        run_cli, box, "memory", "export", "--store", "debug", "--output", str(snapshot), "--workspace", str(box.workspace)
+        run_cli, box, "memory", "export", "--store", "debug", "--output", str(snapshot),
+        "--workspace", str(box.workspace),
     )
     assert result.returncode == 0, result.stderr
     other = tmp_path / "other"

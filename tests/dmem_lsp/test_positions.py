@@ -34,7 +34,9 @@ def _random_texts(count: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.value)
-@pytest.mark.parametrize("name, text", list({**TEXTS, **_random_texts(20)}.items()), ids=lambda v: v if len(v) < 20 else None)
+@pytest.mark.parametrize(
+    "name, text", list({**TEXTS, **_random_texts(20)}.items()), ids=lambda v: v if len(v) < 20 else None
+)
 def test_offsets_are_pygls_offsets(name, text, encoding):
     document = TextDocument("file:///t.py", text, position_codec=PositionCodec(encoding))
     for line in range(text.count("\n") + 3):

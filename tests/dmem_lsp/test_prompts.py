@@ -149,7 +149,9 @@ def test_a_huge_document_is_not_tokenized_whole(tokenizers):
     counting.encoded = 0
     explained = explain_prompt(counting, source, source, "python", budget=1024)
     assert counting.encoded < 20_000, f"{counting.encoded} characters tokenized"
-    assert explained.input_ids == explain_prompt(fim, source[:20_000], source[-20_000:], "python", budget=1024).input_ids
+    assert (
+        explained.input_ids == explain_prompt(fim, source[:20_000], source[-20_000:], "python", budget=1024).input_ids
+    )
 
 
 def test_the_shape_asked_for_wins_over_the_tokenizer(tokenizers):

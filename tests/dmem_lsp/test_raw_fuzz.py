@@ -20,17 +20,31 @@ BURST = 10
 
 TEMPLATES = [
     {"jsonrpc": "2.0", "method": "dmem/noSuchMethod", "params": {"a": [1, 2, {"b": "c"}]}},
-    {"jsonrpc": "2.0", "method": "textDocument/codeAction", "params": {
-        "textDocument": {"uri": "file:///f.py"},
-        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}},
-        "context": {"diagnostics": []},
-    }},
-    {"jsonrpc": "2.0", "method": "textDocument/hover", "params": {"textDocument": {"uri": "file:///f.py"}, "position": {"line": 0, "character": 0}}},
+    {
+        "jsonrpc": "2.0",
+        "method": "textDocument/codeAction",
+        "params": {
+            "textDocument": {"uri": "file:///f.py"},
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}},
+            "context": {"diagnostics": []},
+        },
+    },
+    {
+        "jsonrpc": "2.0",
+        "method": "textDocument/hover",
+        "params": {"textDocument": {"uri": "file:///f.py"}, "position": {"line": 0, "character": 0}},
+    },
     {"jsonrpc": "2.0", "method": "textDocument/didSave", "params": {"textDocument": {"uri": "file:///f.py"}}},
     {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 3}},
     {"jsonrpc": "2.0", "method": "$/setTrace", "params": {"value": "off"}},
-    {"jsonrpc": "2.0", "method": "dmem/explain", "params": {"textDocument": {"uri": "file:///missing.py"}, "range": {
-        "start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}}}},
+    {
+        "jsonrpc": "2.0",
+        "method": "dmem/explain",
+        "params": {
+            "textDocument": {"uri": "file:///missing.py"},
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
+        },
+    },
 ]
 IDS = [None, {"a": 1}, [1], True, 1.5, "", -1, 2**70]
 

@@ -124,15 +124,35 @@ def test_every_request_gets_exactly_one_answer(tmp_path):
         "no jsonrpc": (json.dumps({"id": 10, "method": "dmem/explain", "params": {}}).encode(), 10, -32600),
         "jsonrpc 1.0": (json.dumps({**request(11), "jsonrpc": "1.0"}).encode(), 11, -32600),
         "method not a string": (json.dumps({**request(12), "method": 5}).encode(), 12, -32600),
-        "invalid UTF-8": (b'{"jsonrpc": "2.0", "id": 13, "method": "dmem/explain", "params": {"a": "\xff\xfe"}}', 13, -32700),
+        "invalid UTF-8": (
+            b'{"jsonrpc": "2.0", "id": 13, "method": "dmem/explain", "params": {"a": "\xff\xfe"}}',
+            13,
+            -32700,
+        ),
         "not JSON": (b'{"jsonrpc": "2.0", "id": 14, "method": ', 14, -32700),
         "not JSON, no id": (b"]]]", None, -32700),
         "a batch": (json.dumps([request(15)]).encode(), None, -32600),
         "deeply nested": (deep, 21, -32600),
-        "didSave with an id": (json.dumps(request(16, "textDocument/didSave", {"textDocument": {"uri": "file:///a.py"}})).encode(), 16, None),
-        "didChangeConfiguration with an id": (json.dumps(request(17, "workspace/didChangeConfiguration", {"settings": {"dmem": {}}})).encode(), 17, None),
-        "workDoneProgress/cancel with an id": (json.dumps(request(18, "window/workDoneProgress/cancel", {"token": "t"})).encode(), 18, None),
-        "invalid params": (json.dumps(request(19, "textDocument/inlineCompletion", {"position": "x"})).encode(), 19, -32602),
+        "didSave with an id": (
+            json.dumps(request(16, "textDocument/didSave", {"textDocument": {"uri": "file:///a.py"}})).encode(),
+            16,
+            None,
+        ),
+        "didChangeConfiguration with an id": (
+            json.dumps(request(17, "workspace/didChangeConfiguration", {"settings": {"dmem": {}}})).encode(),
+            17,
+            None,
+        ),
+        "workDoneProgress/cancel with an id": (
+            json.dumps(request(18, "window/workDoneProgress/cancel", {"token": "t"})).encode(),
+            18,
+            None,
+        ),
+        "invalid params": (
+            json.dumps(request(19, "textDocument/inlineCompletion", {"position": "x"})).encode(),
+            19,
+            -32602,
+        ),
         "unknown method": (json.dumps(request(20)).encode(), 20, -32601),
         # last: initialized starts loading the model (which does not exist)
         "initialized with an id": (json.dumps(request(22, "initialized", {})).encode(), 22, None),
@@ -165,7 +185,10 @@ def test_before_initialize_and_after_shutdown(tmp_path):
         assert server.response(1)["error"]["code"] == -32002
         server.request(2, "shutdown")
         assert server.response(2)["error"]["code"] == -32002  # shutdown before initialize changes nothing
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": "x"}})
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": "x"}},
+        )
         assert answers_until_sentinel(server) == []  # a notification before initialize is dropped
         initialize(server)
         write(server, code_action(3))
@@ -190,8 +213,19 @@ def test_shutdown_with_pending_requests_cancels_them_answers_null_and_exits_0(tm
     server = start(tmp_path)  # initialized is never sent: requests that need the model wait for it
     try:
         initialize(server)
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": "x = "}})
-        server.request(2, "textDocument/inlineCompletion", {"textDocument": {"uri": "file:///a.py"}, "position": {"line": 0, "character": 4}, "context": {"triggerKind": 1}})
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": "x = "}},
+        )
+        server.request(
+            2,
+            "textDocument/inlineCompletion",
+            {
+                "textDocument": {"uri": "file:///a.py"},
+                "position": {"line": 0, "character": 4},
+                "context": {"triggerKind": 1},
+            },
+        )
         server.request(3, "workspace/executeCommand", {"command": "dmem.memoryStatus", "arguments": []})
         server.request(4, "workspace/executeCommand", {"command": "dmem.rememberDebugStep", "arguments": ["a note"]})
         answers_until_sentinel(server)  # all three are pending
@@ -220,7 +254,9 @@ def test_shutdown_before_initialize_does_not_stop_the_model_loading(talkative_mo
         assert server.response(1)["error"]["code"] == -32002
         initialize(server)
         server.notify("initialized", {})
-        status = server.wait_for(lambda m: m.get("method") == "dmem/status" and m["params"]["state"] in ("ready", "error"))[0]
+        status = server.wait_for(
+            lambda m: m.get("method") == "dmem/status" and m["params"]["state"] in ("ready", "error")
+        )[0]
         assert status["params"]["state"] == "ready", status
     finally:
         stop(server)
@@ -231,7 +267,10 @@ def test_a_large_message_under_the_limit_is_read(tmp_path):
     server = start(tmp_path)
     try:
         initialize(server)
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///big.py", "languageId": "python", "version": 1, "text": text}})
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": "file:///big.py", "languageId": "python", "version": 1, "text": text}},
+        )
         server.request(1, "dmem/explain", {"textDocument": {"uri": "file:///big.py"}, "range": RANGE})
         error = server.response(1)["error"]
         assert error["code"] == -32602 and "holds no code" in error["message"]  # the open document's blank line
@@ -259,9 +298,15 @@ def test_unopened_documents_are_read_only_when_regular_and_small(tmp_path):
             (tmp_path / "missing.py").as_uri(): "No such file",
         }
         for n, (uri, reason) in enumerate(cases.items()):
-            server.request(n, "textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": POSITION, "context": {"triggerKind": 1}})
+            server.request(
+                n,
+                "textDocument/inlineCompletion",
+                {"textDocument": {"uri": uri}, "position": POSITION, "context": {"triggerKind": 1}},
+            )
             error = server.response(n)["error"]
-            assert error["code"] == -32602 and "not open in the editor" in error["message"] and reason in error["message"], (uri, error)
+            assert (
+                error["code"] == -32602 and "not open in the editor" in error["message"] and reason in error["message"]
+            ), (uri, error)
         # a small regular file is read: the blank first line holds no code to explain
         server.request(10, "dmem/explain", {"textDocument": {"uri": small.as_uri()}, "range": RANGE})
         error = server.response(10)["error"]

@@ -84,7 +84,10 @@ def test_the_same_secret_elsewhere_in_the_text_is_redacted_too(policy):
 
 
 def test_lock_file_hashes_pass_but_keywords_in_them_do_not(policy):
-    lock = '{\n  "integrity": "sha512-QbRmJzjMU3WSfXpuMlgwGBRtmqUy/S34KLcnMrxNqXp7vZ6fk/ycU7SzyTaQKk0WOeGNwl4Z5pe3aIiyT2D8lw==",\n'
+    lock = (
+        '{\n  "integrity": '
+        '"sha512-QbRmJzjMU3WSfXpuMlgwGBRtmqUy/S34KLcnMrxNqXp7vZ6fk/ycU7SzyTaQKk0WOeGNwl4Z5pe3aIiyT2D8lw==",\n'
+    )
     assert policy.check_text(lock, "package-lock.json") == (lock, None)
     with_url = lock + '  "resolved": "https://ci:CiLockPw_77@registry.internal/x.tgz"\n' + '  "name": "x",\n' * 20
     assert "CiLockPw_77" not in policy.check_text(with_url, "package-lock.json").text
@@ -131,14 +134,21 @@ def test_scans_on_several_threads_agree(policy):
 
 def test_starting_the_server_does_not_import_detect_secrets():
     code = "import sys, dmem_lsp.server, dmem_lsp.cli, dmem_lsp.policy; print('detect_secrets' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == "False"
 
 
 def test_the_benchmark_prints_every_secret_refused():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "secret_policy.py")], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
+        [sys.executable, str(ROOT / "benchmarks" / "secret_policy.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     total = len(PLANTS)

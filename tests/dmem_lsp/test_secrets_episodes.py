@@ -33,9 +33,20 @@ def repo(tmp_path):
     repo.mkdir()
     subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True, timeout=60)
     setup = 'from setuptools import setup\n\nsetup(\n    name="acme",\n    packages=["acme"],\n'
-    commit(repo, "start", {"setup.py": setup + f'    url="https://deploy:{PASSWORD}@pypi.acme/simple",\n)\n', "app.py": APP})
+    commit(
+        repo,
+        "start",
+        {"setup.py": setup + f'    url="https://deploy:{PASSWORD}@pypi.acme/simple",\n)\n', "app.py": APP},
+    )
     commit(repo, "client", {"app.py": APP + f'\n\nAPI_KEY = "{KEY}"\n\n\ndef mul(a, b):\n    return a * b\n'})
-    commit(repo, "div", {"app.py": APP + f'\n\nAPI_KEY = "{KEY}"\n\n\ndef mul(a, b):\n    return a * b\n\n\ndef div(a, b):\n    return a / b\n'})
+    commit(
+        repo,
+        "div",
+        {
+            "app.py": APP
+            + f'\n\nAPI_KEY = "{KEY}"\n\n\ndef mul(a, b):\n    return a * b\n\n\ndef div(a, b):\n    return a / b\n'
+        },
+    )
     return repo
 
 

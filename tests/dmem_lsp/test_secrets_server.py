@@ -32,13 +32,24 @@ SECRETS = (
     "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3", "hunter2hunter2", "NotifDbPass_9", "OutsideLinkPw_5",
 )
 FILES = {
-    "setup.py": 'from setuptools import setup\n\nsetup(\n    name="acme",\n    url="https://deploy:Hunter2Passw0rdQ@pypi.acme.internal/simple",\n    packages=["acme"],\n)\n',
-    "tox.ini": "[tox]\nenvlist = py311\n\n[testenv]\ndeps = pytest\nsetenv =\n    DATABASE_URL = postgres://ci:CiDbPass77@db/test\ncommands = pytest -q\n",
-    "package.json": '{\n  "name": "acme-web",\n  "scripts": {\n    "test": "vitest",\n    "publish": "curl -u admin:AdminPkgPw_2024 -T dist.tgz https://repo.acme.internal/upload"\n  }\n}\n',
+    "setup.py": (
+        'from setuptools import setup\n\nsetup(\n    name="acme",\n'
+        '    url="https://deploy:Hunter2Passw0rdQ@pypi.acme.internal/simple",\n    packages=["acme"],\n)\n'
+    ),
+    "tox.ini": (
+        "[tox]\nenvlist = py311\n\n[testenv]\ndeps = pytest\n"
+        "setenv =\n    DATABASE_URL = postgres://ci:CiDbPass77@db/test\ncommands = pytest -q\n"
+    ),
+    "package.json": (
+        '{\n  "name": "acme-web",\n  "scripts": {\n    "test": "vitest",\n'
+        '    "publish": "curl -u admin:AdminPkgPw_2024 -T dist.tgz https://repo.acme.internal/upload"\n  }\n}\n'
+    ),
     "pyproject.toml": '[tool.ruff]\nline-length = 100\n',
 }
 COMPOSE = "services:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: ci\n"
-COMPOSE_EDITED = COMPOSE + "      POSTGRES_DB: acme\n      POSTGRES_PASSWORD: ComposePw_31\n    ports:\n      - 5432:5432\n"
+COMPOSE_EDITED = (
+    COMPOSE + "      POSTGRES_DB: acme\n      POSTGRES_PASSWORD: ComposePw_31\n    ports:\n      - 5432:5432\n"
+)
 
 
 class Box:
@@ -123,7 +134,10 @@ async def test_convention_files_are_learned_redacted_and_links_skipped(box):
         assert event["store"] == "conventions"
         expect_written(box, event, f"Project file {name}:\n", FILES[name], name)
     clean = await written(client, "pyproject.toml")
-    assert clean["written"] == tokens(box, "Project file pyproject.toml:\n" + FILES["pyproject.toml"]) and "redacted" not in clean
+    assert (
+        clean["written"] == tokens(box, "Project file pyproject.toml:\n" + FILES["pyproject.toml"])
+        and "redacted" not in clean
+    )
     assert "symbolic link that leads outside" in (await skipped(client, ".editorconfig"))["reason"]
     assert "dangling symbolic link" in (await skipped(client, "CONTRIBUTING.md"))["reason"]
 
@@ -149,7 +163,11 @@ async def test_an_edit_adding_a_password_is_written_redacted(box):
     client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=compose)))
     event = await written(client, "docker-compose.yml", after)
     assert event["store"] == "edits"
-    diff = "".join(difflib.unified_diff(COMPOSE.splitlines(True), COMPOSE_EDITED.splitlines(True), "docker-compose.yml", "docker-compose.yml", n=2))
+    diff = "".join(
+        difflib.unified_diff(
+            COMPOSE.splitlines(True), COMPOSE_EDITED.splitlines(True), "docker-compose.yml", "docker-compose.yml", n=2
+        )
+    )
     expect_written(box, event, "Edit to docker-compose.yml:\n", diff, "docker-compose.yml")
 
 
@@ -219,7 +237,9 @@ async def test_folders_without_memory_or_with_odd_configs_say_why(box):
     client = box.client
     await wait_for_memory(client, lambda e: e["folder"] == box.refused.resolve().as_uri() and e["event"] == "refused")
     for folder in (box.odd, box.huge):
-        await wait_for_memory(client, lambda e, f=folder: e["folder"] == f.resolve().as_uri() and e["event"] == "opened")
+        await wait_for_memory(
+            client, lambda e, f=folder: e["folder"] == f.resolve().as_uri() and e["event"] == "opened"
+        )
     step = {"uri": (box.refused / "app.py").as_uri(), "text": "a step", "kind": "note"}
     result = await command(client, "dmem.rememberDebugStep", step)
     assert result["tokens"] == 0 and "no memory for" in result["reason"] and "not valid TOML" in result["reason"]

@@ -74,8 +74,10 @@ async def test_initialize_comes_first_then_progress_then_ready(session):
     assert (status["device"], status["quantization"]) == ("cpu", "none")  # what was loaded, not "auto"
     states = [s["state"] for s in client.statuses]
     assert states.index("loading") < states.index("ready")
-    (token, reports), = [
-        (t, r) for t, r in client.progress_reports.items() if r and getattr(r[0], "title", "") == "dmem: loading the model"
+    ((token, reports),) = [
+        (t, r)
+        for t, r in client.progress_reports.items()
+        if r and getattr(r[0], "title", "") == "dmem: loading the model"
     ]
     kinds = [report.kind for report in reports]
     assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
@@ -97,7 +99,9 @@ async def test_inline_completion_is_the_engines_greedy_text(session, engine, lin
     expected = expected_completion(engine, prefix, suffix, multiline)
     assert expected  # the talkative model always says something
 
-    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(line, character))), TIMEOUT)
+    result = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(line, character))), TIMEOUT
+    )
     (item,) = result.items
     assert item.insert_text == expected
     assert item.range == types.Range(start=at(line, character), end=at(line, character))
@@ -143,7 +147,11 @@ async def test_explain_returns_the_models_markdown(session, engine):
 
     result = await asyncio.wait_for(
         client.protocol.send_request_async(
-            "dmem/explain", {"textDocument": {"uri": uri}, "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}}}
+            "dmem/explain",
+            {
+                "textDocument": {"uri": uri},
+                "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}},
+            },
         ),
         TIMEOUT,
     )
@@ -152,7 +160,9 @@ async def test_explain_returns_the_models_markdown(session, engine):
     # lsprotocol's client converter reads any {command: ...} in a code action list as a
     # Command (stringifying the nested one), so take this result as plain JSON
     params = types.CodeActionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), range=selection, context=types.CodeActionContext(diagnostics=[])
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        range=selection,
+        context=types.CodeActionContext(diagnostics=[]),
     )
     future = client.protocol.send_request("textDocument/codeAction", params, msg_id="code-action")
     client.protocol._result_types["code-action"] = None
@@ -182,7 +192,11 @@ async def test_explain_returns_the_models_markdown(session, engine):
     assert text.startswith("# settings.py, lines 3–4\n") and code in text and text.rstrip().endswith(expected)
     assert path.parent.stat().st_mode & 0o077 == 0  # the user's alone
     # under progress the server created (window/workDoneProgress/create), ended before the document opened
-    (reports,) = [r for t, r in client.progress_reports.items() if r and getattr(r[0], "title", "") == "dmem: explain" and str(t).startswith("dmem-")]
+    (reports,) = [
+        r
+        for t, r in client.progress_reports.items()
+        if r and getattr(r[0], "title", "") == "dmem: explain" and str(t).startswith("dmem-")
+    ]
     assert reports[0].kind == "begin" and reports[-1].kind == "end"
 
 
@@ -190,7 +204,10 @@ async def test_an_explanation_stops_at_its_deadline_or_when_cancelled(session, e
     """Work a client gives up on (a timeout sends nothing, or $/cancelRequest) frees the worker."""
     client, _, _, uri = session
     await wait_for_status(client, "ready")
-    params = {"textDocument": {"uri": uri}, "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}}}
+    params = {
+        "textDocument": {"uri": uri},
+        "range": {"start": {"line": 2, "character": 0}, "end": {"line": 4, "character": 0}},
+    }
     endless = {**OPTIONS, "explain": {"maxTokens": 100_000, "deadlineMs": 200}}
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=endless))
     cut = plain(await asyncio.wait_for(client.protocol.send_request_async("dmem/explain", params), TIMEOUT))
@@ -211,7 +228,9 @@ async def test_an_explanation_stops_at_its_deadline_or_when_cancelled(session, e
     with pytest.raises(JsonRpcRequestCancelled):
         await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT)
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
-    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    result = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT
+    )
     assert result.items[0].insert_text
 
 
@@ -219,7 +238,9 @@ async def _start_long_completion(client, uri, msg_id):
     """Send a completion that runs to its (huge) token limit; return once it is generating."""
     token = f"long-{msg_id}"
     client.progress_reports[token] = []
-    future = client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(2, 14), token), msg_id=msg_id)
+    future = client.protocol.send_request(
+        "textDocument/inlineCompletion", inline_params(uri, at(2, 14), token), msg_id=msg_id
+    )
 
     async def generating():
         while not any(value.kind == "report" for value in client.progress_reports[token]):
@@ -260,7 +281,9 @@ async def test_a_long_generation_is_cancelled_and_the_next_request_is_answered(s
 
     # generation really stopped: a following request is answered (not queued behind 100k tokens)
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
-    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    result = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT
+    )
     lines = SOURCE.splitlines(keepends=True)
     offset = sum(len(text) for text in lines[:3]) + 11
     assert result.items[0].insert_text == expected_completion(engine, SOURCE[:offset], SOURCE[offset:], False)
@@ -276,7 +299,9 @@ async def test_automatic_triggers_are_debounced_and_invoked_ones_are_not(session
     waiting = asyncio.wrap_future(  # sent now, not when awaited
         client.protocol.send_request("textDocument/inlineCompletion", inline_params(uri, at(3, 11), automatic=True))
     )
-    invoked = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    invoked = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT
+    )
     assert invoked.items  # answered at once, though the automatic one before it is still waiting
     with pytest.raises(JsonRpcRequestCancelled):  # ... and it never ran: the newer request replaced it
         await asyncio.wait_for(waiting, TIMEOUT)
@@ -287,12 +312,16 @@ async def test_a_bad_setting_falls_back_and_the_user_is_told(session):
     client, _, _, uri = session
     shown = client.wait_for_notification("window/showMessage")
     client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dmem": {**OPTIONS, "completion": {"maxTokens": "lots", "debounceMs": 0}}})
+        types.DidChangeConfigurationParams(
+            settings={"dmem": {**OPTIONS, "completion": {"maxTokens": "lots", "debounceMs": 0}}}
+        )
     )
     message = await asyncio.wait_for(shown, TIMEOUT)
     assert message.type == types.MessageType.Warning
     assert "completion.maxTokens" in message.message and "using 64" in message.message
-    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT)
+    result = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(3, 11))), TIMEOUT
+    )
     assert result.items  # served with the default
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
 
@@ -308,7 +337,9 @@ async def test_changing_the_model_while_running_asks_for_a_restart(session):
     client, _, _, _ = session
     await wait_for_status(client, "ready")
     shown = client.wait_for_notification("window/showMessage")
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={**OPTIONS, "quantization": "nf4"}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={**OPTIONS, "quantization": "nf4"})
+    )
     message = await asyncio.wait_for(shown, TIMEOUT)
     assert "restart" in message.message and "quantization" in message.message
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
@@ -321,9 +352,13 @@ async def test_settings_are_pulled_when_the_client_says_they_changed(session, en
     shown = client.wait_for_notification("window/showMessage")
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     assert "completion.debounceMs" in (await asyncio.wait_for(shown, TIMEOUT)).message  # pulled and applied
-    result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, at(2, 14))), TIMEOUT)
+    result = await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, at(2, 14))), TIMEOUT
+    )
     offset = SOURCE.index("b):") + 3
-    assert result.items[0].insert_text == expected_completion(engine, SOURCE[:offset], SOURCE[offset:], True, max_tokens=3)
+    assert result.items[0].insert_text == expected_completion(
+        engine, SOURCE[:offset], SOURCE[offset:], True, max_tokens=3
+    )
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
 
 
@@ -336,7 +371,9 @@ async def test_a_huge_document_is_answered_from_a_window_around_the_cursor(sessi
     text = line * (4_000_000 // len(line)) + SOURCE + "def f(x):\n    return "
     uri = (tmp_path_factory.mktemp("outside") / "huge.py").as_uri()
     client.text_document_did_open(
-        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
     )
     end = at(text.count("\n"), len("    return "))
     result = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, end)), TIMEOUT)
@@ -354,7 +391,9 @@ async def test_a_huge_document_is_answered_from_a_window_around_the_cursor(sessi
     client.text_document_did_change(
         types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text="x + ")],
+            content_changes=[
+                types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text="x + ")
+            ],
         )
     )
     typed = at(end.line, end.character + len("x + "))

@@ -29,7 +29,9 @@ def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_pat
     assert capabilities["textDocumentSync"]["save"] == {"includeText": False}
     assert capabilities["codeActionProvider"]
     assert server.close() == 0
-    imported = {line.rsplit("|", 1)[-1].strip() for line in b"".join(server.stderr).decode().splitlines() if "|" in line}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in b"".join(server.stderr).decode().splitlines() if "|" in line
+    }
     assert "pygls" in imported  # the import log is there ...
     assert not {"torch", "transformers", "memory"} & imported  # ... and never loaded the model stack
 
@@ -70,7 +72,9 @@ def test_bad_input_gets_an_error_response_and_a_failed_load_is_explained(tmp_pat
     error = server.response(4)["error"]
     assert error["code"] == -32602 and "dmem/explain expects" in error["message"]
 
-    server.request(5, "dmem/explain", {"textDocument": {"uri": "file:///x.py"}, "range": {"start": POSITION, "end": {"line": "y"}}})
+    server.request(
+        5, "dmem/explain", {"textDocument": {"uri": "file:///x.py"}, "range": {"start": POSITION, "end": {"line": "y"}}}
+    )
     error = server.response(5)["error"]
     assert error["code"] == -32602 and "end.line" in error["message"]
 
@@ -104,10 +108,14 @@ def test_exit_without_shutdown_saves_the_memory_and_exits_1(talkative_model, tmp
     workspace.mkdir()
     (workspace / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    server = RawServer(["--model", str(talkative_model), "--adapter", "none", "--device", "cpu"], server_env(tmp_path / "data"))
+    server = RawServer(
+        ["--model", str(talkative_model), "--adapter", "none", "--device", "cpu"], server_env(tmp_path / "data")
+    )
     try:
         options = {"memory": {"saveDebounceMs": 600_000}}  # nothing is saved on its own during the test
-        server.request(1, "initialize", {"capabilities": {}, "rootUri": workspace.as_uri(), "initializationOptions": options})
+        server.request(
+            1, "initialize", {"capabilities": {}, "rootUri": workspace.as_uri(), "initializationOptions": options}
+        )
         server.response(1)
         server.notify("initialized", {})
         _, before = server.wait_for(lambda m: m.get("method") == "dmem/memory" and m["params"]["event"] == "written")

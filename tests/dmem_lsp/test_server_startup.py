@@ -29,7 +29,9 @@ def _inline(uri: str) -> types.InlineCompletionParams:
 async def test_nf4_on_the_cpu_end_to_end(talkative_model, talkative_adapter, tmp_path):
     path = tmp_path / "add.py"
     path.write_text(SOURCE)
-    args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu", "--quantization", "nf4"]
+    args = [
+        "--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu", "--quantization", "nf4"
+    ]
     client, _ = await start(args, server_env(tmp_path), {"completion": {"maxTokens": 8}})
     try:
         # asked at once, while the model is still loading: the request waits for it
@@ -48,7 +50,9 @@ async def test_nf4_on_the_cpu_end_to_end(talkative_model, talkative_adapter, tmp
     assert expected and result.items[0].insert_text == expected
 
 
-async def test_an_adapter_for_another_backbone_is_explained_and_the_server_stays_up(talkative_model, model_dirs, tmp_path):
+async def test_an_adapter_for_another_backbone_is_explained_and_the_server_stays_up(
+    talkative_model, model_dirs, tmp_path
+):
     other = memory.attach(load_tiny_model(model_dirs["smollm3"]), memory.DeltaMemConfig())
     adapter = memory.save_adapter(other, tmp_path / "smollm3-adapter", base_model_id="tiny/smollm3")
     path = tmp_path / "add.py"

@@ -23,10 +23,20 @@ def test_an_empty_lua_table_is_empty_settings(raw):
 
 def test_camel_case_values_under_a_dmem_section():
     settings, warnings = parse_settings(
-        {"dmem": {"adapter": "none", "quantization": "nf4", "completion": {"maxTokens": 9, "stop": ["\n\n"], "debounceMs": 0}}}
+        {
+            "dmem": {
+                "adapter": "none",
+                "quantization": "nf4",
+                "completion": {"maxTokens": 9, "stop": ["\n\n"], "debounceMs": 0},
+            }
+        }
     )
     assert warnings == []
-    assert (settings.completion.max_tokens, settings.completion.stop, settings.completion.debounce_ms) == (9, ("\n\n",), 0)
+    assert (settings.completion.max_tokens, settings.completion.stop, settings.completion.debounce_ms) == (
+        9,
+        ("\n\n",),
+        0,
+    )
     options = settings.engine_options()
     assert options.adapter is None and options.quantization == "nf4"
 
@@ -63,7 +73,9 @@ def test_not_an_object_at_all():
 
 
 def test_command_line_overrides_win_and_nested_objects_merge():
-    merged = merge({"dmem": {"model": "a", "completion": {"maxTokens": 3}}}, {"model": "b", "completion": {"debounceMs": 5}})
+    merged = merge(
+        {"dmem": {"model": "a", "completion": {"maxTokens": 3}}}, {"model": "b", "completion": {"debounceMs": 5}}
+    )
     assert merged == {"model": "b", "completion": {"maxTokens": 3, "debounceMs": 5}}
     assert merge(None, {"device": "cpu"}) == {"device": "cpu"}
 

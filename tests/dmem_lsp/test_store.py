@@ -107,7 +107,11 @@ def test_commands_on_a_folder_without_memory_say_so(files, capsys):
 
 def test_temp_files_of_interrupted_saves_are_removed_when_the_lock_is_taken(files):
     files.save_states(states(), FINGERPRINT, {})
-    left = [files.dir / ".manifest.json.k1l2.tmp", files.dir / ".state.safetensors.x9y8.tmp", files.requests_dir / ".a.json.q.tmp"]
+    left = [
+        files.dir / ".manifest.json.k1l2.tmp",
+        files.dir / ".state.safetensors.x9y8.tmp",
+        files.requests_dir / ".a.json.q.tmp",
+    ]
     files.requests_dir.mkdir(parents=True, exist_ok=True)
     for path in left:
         path.write_bytes(b"half a save")

@@ -59,16 +59,29 @@ def test_the_server_stderr_holds_no_progress_bars_or_deprecation_warnings(talkat
     args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
     server = RawServer(args, server_env(tmp_path))
     try:
-        server.request(1, "initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": QUIET})
+        server.request(
+            1, "initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": QUIET}
+        )
         server.response(1)
         server.notify("initialized", {})
-        status, _ = server.wait_for(lambda m: m.get("method") == "dmem/status" and m["params"]["state"] in ("ready", "error"))
+        status, _ = server.wait_for(
+            lambda m: m.get("method") == "dmem/status" and m["params"]["state"] in ("ready", "error")
+        )
         assert status["params"]["state"] == "ready", status["params"]["message"]
         (path := tmp_path / "a.py").write_text("def f():\n    return")
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": path.as_uri(), "languageId": "python", "version": 1, "text": path.read_text()}})
-        server.request(2, "textDocument/inlineCompletion", {
-            "textDocument": {"uri": path.as_uri()}, "position": {"line": 1, "character": 10}, "context": {"triggerKind": 1},
-        })
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": path.as_uri(), "languageId": "python", "version": 1, "text": path.read_text()}},
+        )
+        server.request(
+            2,
+            "textDocument/inlineCompletion",
+            {
+                "textDocument": {"uri": path.as_uri()},
+                "position": {"line": 1, "character": 10},
+                "context": {"triggerKind": 1},
+            },
+        )
         assert "result" in server.response(2)  # generation ran (it used to warn about past_key_values)
         assert server.close() == 0
     finally:
@@ -83,7 +96,9 @@ QUIET_CHECK = """
 import logging, sys, warnings
 from dmem_lsp.cli import configure_logging
 configure_logging(int(sys.argv[1]), None)
-logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward: No module named 'kernels'")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
+    "Failed to load CPU gemm_4bit_forward: No module named 'kernels'"
+)
 warnings.warn("`past_key_values` is deprecated", FutureWarning)
 logging.getLogger("dmem_lsp.server").warning("a warning of our own")
 """
@@ -91,7 +106,9 @@ logging.getLogger("dmem_lsp.server").warning("a warning of our own")
 
 def test_library_notices_and_python_warnings_are_heard_only_with_v():
     quiet, verbose = (
-        subprocess.run([sys.executable, "-c", QUIET_CHECK, level], capture_output=True, text=True, timeout=60, check=True)
+        subprocess.run(
+            [sys.executable, "-c", QUIET_CHECK, level], capture_output=True, text=True, timeout=60, check=True
+        )
         for level in ("0", "1")
     )
     assert "kernels" not in quiet.stderr and "deprecated" not in quiet.stderr

@@ -22,7 +22,16 @@ from safetensors.torch import load_file, safe_open
 from dmem_lsp.policy import Policy
 from dmem_lsp.settings import MemorySettings
 from dmem_lsp.workspace_config import WorkspaceConfigError, read_workspace_config
-from tests.dmem_lsp.lsp import TIMEOUT, expected_completion, plain, server_env, start, stop, wait_for_memory, wait_for_status
+from tests.dmem_lsp.lsp import (
+    TIMEOUT,
+    expected_completion,
+    plain,
+    server_env,
+    start,
+    stop,
+    wait_for_memory,
+    wait_for_status,
+)
 
 STORES = ("conventions", "debug", "edits")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -70,7 +79,9 @@ exclude = []
     assert not config.writes("edits") and config.writes("debug")
     assert (config.ignore, config.conventions) == (("generated/",), ("docs/*.txt",))
     text = "\n".join(warnings)
-    for named in ("edit-debounce-ms", "'colour'", "debug expected true or false", "unknown store 'notes'", "'exclude'", "'extras'"):
+    for named in (
+        "edit-debounce-ms", "'colour'", "debug expected true or false", "unknown store 'notes'", "'exclude'", "'extras'"
+    ):
         assert named in text, named
     assert len(warnings) == 6
 
@@ -181,7 +192,9 @@ conventions = ["docs/*.txt"]
     # hub: another adapter for the same backbone, from a (cached) Hugging Face repo at a revision
     mem = memory.attach(load_tiny_model(talkative_model), memory.DeltaMemConfig())
     strengthen(mem, seed=7)
-    box.hub_adapter = memory.save_adapter(mem, tmp_path_factory.mktemp("hub-adapter") / "a", base_model_id="tiny/talkative")
+    box.hub_adapter = memory.save_adapter(
+        mem, tmp_path_factory.mktemp("hub-adapter") / "a", base_model_id="tiny/talkative"
+    )
     publish_to_hub_cache(box.hf_home, "team/adapter", "v1", box.hub_adapter)
     box.hub.mkdir()
     (box.hub / "setup.cfg").write_text("[flake8]\nmax-line-length = 99\n")
@@ -258,8 +271,12 @@ async def test_each_folder_uses_the_adapter_its_config_names(box, talkative_adap
     for root, adapter in ((box.team, talkative_adapter), (box.hub, box.hub_adapter), (box.team, talkative_adapter)):
         states = load_file(str(Path((await folder_status(box.client, root))["directory"]) / "state.safetensors"))
         assert await completion(box.client, root / "app.py") == expected(box.model, adapter, states)
-    with_other_adapter = expected(box.model, box.hub_adapter, load_file(str(Path(team["directory"]) / "state.safetensors")))
-    assert with_other_adapter != expected(box.model, talkative_adapter, load_file(str(Path(team["directory"]) / "state.safetensors")))
+    with_other_adapter = expected(
+        box.model, box.hub_adapter, load_file(str(Path(team["directory"]) / "state.safetensors"))
+    )
+    assert with_other_adapter != expected(
+        box.model, talkative_adapter, load_file(str(Path(team["directory"]) / "state.safetensors"))
+    )
 
 
 @asyncio_module

@@ -108,7 +108,9 @@ def _vim(workspace: Path, tmp_path: Path, model: Path, adapter: Path, log: Path 
 
 
 @pytest.mark.timeout(EDITOR_TIMEOUT + 60)
-def test_completion_and_explain_in_vim_with_ale(workspace, tmp_path, talkative_model, talkative_adapter, expected_after_a):
+def test_completion_and_explain_in_vim_with_ale(
+    workspace, tmp_path, talkative_model, talkative_adapter, expected_after_a
+):
     with _vim(workspace, tmp_path, talkative_model, talkative_adapter) as (child, reports):
         # typing a word opens ALE's menu with the item (once the model is loaded: the request
         # waits for it); <C-n><C-y> takes it
@@ -167,7 +169,11 @@ def _drain(child) -> None:
 
 
 def _log_tail(log: Path) -> str:
-    return "server log tail:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "no server log"
+    return (
+        "server log tail:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        if log.exists()
+        else "no server log"
+    )
 
 
 class _Screen:

@@ -34,7 +34,9 @@ SESSION = Path(__file__).with_name("eglot_session.el")
 def _emacs_with_eglot() -> str:
     emacs = shutil.which("emacs")
     if emacs:
-        probe = subprocess.run([emacs, "--batch", "--eval", "(require 'eglot)"], capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            [emacs, "--batch", "--eval", "(require 'eglot)"], capture_output=True, text=True, timeout=60
+        )
         if probe.returncode == 0:
             return emacs
     missing("Emacs with eglot not found (Debian: emacs-nox elpa-eglot; scripts/setup-editors installs them)")
@@ -58,7 +60,9 @@ def _session(scenario: str, workspace: Path, tmp_path: Path, model: Path, adapte
         cwd=workspace, env=environment, capture_output=True, text=True, timeout=EDITOR_TIMEOUT,
     )
     results = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
-    assert run.returncode == 0 and "failure" not in results, (results.get("failure"), results.get("messages"), run.stderr[-3000:])
+    assert run.returncode == 0 and "failure" not in results, (
+        results.get("failure"), results.get("messages"), run.stderr[-3000:]
+    )
     return results
 
 
@@ -87,7 +91,10 @@ def test_an_edit_made_just_before_emacs_quits_is_on_disk(workspace, tmp_path, ta
     ``shutdown``; it sends the server SIGHUP and closes its pipes. The edit is in the memory on disk."""
     files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
     log = tmp_path / "dmem-lsp.log"
-    _session("quit-after-edit", workspace, tmp_path, talkative_model, talkative_adapter, log=str(log), DMEM_TEST_LOCK=str(files.lock_path))
+    _session(
+        "quit-after-edit", workspace, tmp_path, talkative_model, talkative_adapter, log=str(log),
+        DMEM_TEST_LOCK=str(files.lock_path),
+    )
     wait_for_exit(server_pid(files, EDITOR_TIMEOUT), EDITOR_TIMEOUT)
     assert changes_received(log), "eglot said it sent the edit, and the server never read it"
     assert (workspace / "main.py").read_text(encoding="utf-8") == SOURCE  # not saved: only memory has it

@@ -113,7 +113,9 @@ class Editor:
         if not ok:
             log = self.lua("return vim.fn.readfile(vim.lsp.get_log_path())")
             messages = self.nvim.exec("messages", True) if hasattr(self.nvim, "exec") else ""
-            raise AssertionError(f"timed out waiting for {what} ({condition})\nmessages: {messages}\nlsp.log tail: {log[-20:]}")
+            raise AssertionError(
+                f"timed out waiting for {what} ({condition})\nmessages: {messages}\nlsp.log tail: {log[-20:]}"
+            )
 
 
 @pytest.fixture
@@ -126,7 +128,15 @@ def workspace(tmp_path):
 
 @contextlib.contextmanager
 def _session(
-    version: str, how: str, workspace: Path, tmp_path: Path, monkeypatch, model, adapter, init_lua: str | None = None, log: Path | None = None
+    version: str,
+    how: str,
+    workspace: Path,
+    tmp_path: Path,
+    monkeypatch,
+    model,
+    adapter,
+    init_lua: str | None = None,
+    log: Path | None = None,
 ):
     """A headless Neovim started with ``_init_lua(how, <the server's command>)``, or ``init_lua``;
     with ``log``, the server logs every message there."""
@@ -155,8 +165,12 @@ def _session(
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("version, how", [("0.11", "enable"), ("0.11", "setup"), ("0.7", "setup")])
-def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, expected):
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter) as (nvim, memory_root):
+def test_a_session_in_neovim(
+    version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, expected
+):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter
+    ) as (nvim, memory_root):
         editor = Editor(nvim)
         nvim.command(f"edit {workspace / 'main.py'}")
         editor.wait("#require('dmem.compat').clients(0) == 1", "the client to attach")
@@ -201,7 +215,9 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
             """
             local compat = require('dmem.compat')
             local client = compat.client(0)
-            local params = { textDocument = { uri = vim.uri_from_bufnr(0) }, range = compat.line_range(client, 0, 1, 5) }
+            local params = {
+              textDocument = { uri = vim.uri_from_bufnr(0) }, range = compat.line_range(client, 0, 1, 5),
+            }
             local result, failure = compat.request_sync(client, 'dmem/explain', params, 60000, 0)
             assert(result, failure)
             return result.markdown
@@ -213,9 +229,13 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
         nvim.input(f"{LINE + 1}GA")
         editor.wait("require('dmem.ghost').text(0) ~= nil", "ghost text")
         assert editor.lua("return require('dmem.ghost').text(0)") == expected
-        marks = editor.lua("return vim.api.nvim_buf_get_extmarks(0, require('dmem.ghost').namespace, 0, -1, {details = true})")
+        marks = editor.lua(
+            "return vim.api.nvim_buf_get_extmarks(0, require('dmem.ghost').namespace, 0, -1, {details = true})"
+        )
         shown_first_line = marks[0][3]["virt_text"][0][0]  # Neovim shows control characters as ^X
-        assert len(marks) == 1 and marks[0][1] == LINE and shown_first_line == nvim.funcs.strtrans(expected.split("\n")[0])
+        assert (
+            len(marks) == 1 and marks[0][1] == LINE and shown_first_line == nvim.funcs.strtrans(expected.split("\n")[0])
+        )
 
         # ...a request still in flight is cancelled when the user types on...
         cancelled = editor.lua(
@@ -232,7 +252,9 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
 
         # ...and <Tab> accepts it, which the server writes to the edits store
         nvim.input("<Tab>")
-        editor.wait(f"vim.api.nvim_buf_get_lines(0, {LINE}, {LINE + 1}, false)[1] ~= '    return '", "the accepted text")
+        editor.wait(
+            f"vim.api.nvim_buf_get_lines(0, {LINE}, {LINE + 1}, false)[1] ~= '    return '", "the accepted text"
+        )
         lines = editor.lua("return vim.api.nvim_buf_get_lines(0, 0, -1, false)")
         assert "\n".join(lines).startswith("import os\n\n\ndef add(a, b):\n    return " + expected)
         editor.wait(
@@ -277,8 +299,10 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
         editor.wait(
             "(function() for _, w in ipairs(vim.api.nvim_list_wins()) do"
             " if vim.api.nvim_win_get_config(w).relative ~= '' then"
-            " return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n'):find('edits: 0 tokens', 1, true) ~= nil"
-            " and table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n'):find('- adapter: `', 1, true) ~= nil"
+            " return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n')"
+            ":find('edits: 0 tokens', 1, true) ~= nil"
+            " and table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n')"
+            ":find('- adapter: `', 1, true) ~= nil"
             " end end end)()",
             "the status window",
         )
@@ -289,12 +313,16 @@ def test_a_session_in_neovim(version, how, workspace, tmp_path, monkeypatch, tal
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("version, how, quit", [("0.11", "enable", "qa!"), ("0.7", "setup", "wq")])
-def test_an_edit_made_just_before_quitting_is_on_disk(version, how, quit, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter):
+def test_an_edit_made_just_before_quitting_is_on_disk(
+    version, how, quit, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter
+):
     """``:qa!`` or ``:wq`` right after an edit: Neovim sends ``shutdown`` and exits before the
     answer (the server's stdin closes while it saves). The edit is in the memory on disk."""
     log = tmp_path / "dmem-lsp.log"
     files = memory_files(workspace, tmp_path / "home" / "XDG_DATA_HOME")
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, log=log) as (nvim, _):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, log=log
+    ) as (nvim, _):
         nvim.command(f"edit {workspace / 'main.py'}")
         pid = server_pid(files, TIMEOUT)
         nvim.input("Goprint(add(1, 2))<Esc>")
@@ -341,7 +369,9 @@ def test_the_minimal_configuration_starts_quietly_with_its_help(
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     init = _minimal_init(how)
-    with _session(version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, init) as (nvim, _):
+    with _session(
+        version, how, workspace, tmp_path, monkeypatch, talkative_model, talkative_adapter, init
+    ) as (nvim, _):
         editor = Editor(nvim)
         nvim.command(f"edit {workspace / 'main.py'}")
         editor.wait("require('dmem').status.state == 'ready'", "the model to load")

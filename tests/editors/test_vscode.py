@@ -41,7 +41,9 @@ def npm() -> str:
 
 def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(command, cwd=EXTENSION, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}"
+    )
     return result
 
 

@@ -33,7 +33,7 @@ def write_official(directory, mem, config=None, extra_tensors=None):
         for name, t in mem.adapter_state_dict().items()
         for i in [int(name.split(".")[1])]
     }
-    for i, layer in enumerate(mem.layers):  # inactive with delta_heads = (q, o): zero, and ignored
+    for i, _ in enumerate(mem.layers):  # inactive with delta_heads = (q, o): zero, and ignored
         tensors[f"model.layers.{i}.self_attn.delta_k_proj"] = torch.zeros(32, 8)
         tensors[f"model.layers.{i}.self_attn.delta_v_proj"] = torch.zeros(32, 8)
     tensors.update(extra_tensors or {})

@@ -50,7 +50,7 @@ def one_by_one(mem: memory.Memory, batch: list[Episode], written: list[Episode],
     """Each episode's reads after writing ``written``'s history alone: the mean over all target tokens."""
     loss, total = EpisodeLoss(mem), 0
     summed = torch.zeros(())
-    for episode, other in zip(batch, written):
+    for episode, other in zip(batch, written, strict=True):
         for query, target in episode.queries:
             single = Episode(history=other.history, query=query, target=target)
             inputs = episode_tensors(single, 1024, mem.config.write == "segment", "cpu", chunk_tokens)

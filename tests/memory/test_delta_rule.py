@@ -62,7 +62,7 @@ def test_coupled_gate_default_is_one_minus_beta():
     with_log = delta_rule_chunked(q, k, v, beta, S0, log_lam=log_lam)
     without = delta_rule_chunked(q, k, v, beta, S0)
     naive = delta_rule_naive(q, k, v, beta, S0)
-    for a, b in zip(with_log, without):
+    for a, b in zip(with_log, without, strict=True):
         assert relative_error(a, b) < 1e-10
     assert relative_error(without[1], naive[1]) < 1e-10
 
@@ -103,7 +103,7 @@ def test_gradients_match_naive():
         return out
 
     fast = grads(lambda *a, **kw: delta_rule_chunked(*a, **kw, chunk_size=4))
-    for got, want in zip(fast, grads(delta_rule_naive)):
+    for got, want in zip(fast, grads(delta_rule_naive), strict=True):
         assert relative_error(got, want) < 1e-9
 
 

@@ -64,7 +64,7 @@ def test_each_row_is_written_and_read_as_if_alone(model_dirs, config):
     strengthen(mem)
     histories, segments, queries = episodes(config.write)
     with torch.no_grad():
-        alone = [write_alone(model, mem, *e) for e in zip(histories, segments, queries)]
+        alone = [write_alone(model, mem, *e) for e in zip(histories, segments, queries, strict=True)]
         states, logits = write_rows(model, mem, histories, segments, queries)
     assert mem.rows == 3
     assert states.shape == (2, 3, config.state_heads, config.rank, config.rank)  # [layers, rows, h, r, r]
@@ -102,7 +102,7 @@ def test_select_rows_and_gradients_equal_the_episodes_one_by_one(model_dirs):
         with mem.writing(store="edits"):
             model(input_ids=history[None])
         loss = loss_of(model(input_ids=queries[rows]).logits, rows)
-        for total, grad in zip(expected, torch.autograd.grad(loss, params)):
+        for total, grad in zip(expected, torch.autograd.grad(loss, params), strict=True):
             total += grad
     ids, mask = right_padded(histories)
     mem.reset(rows=3)
@@ -113,7 +113,7 @@ def test_select_rows_and_gradients_equal_the_episodes_one_by_one(model_dirs):
     loss = loss_of(model(input_ids=queries).logits, list(range(len(owner))))
     batched = torch.autograd.grad(loss, params)
     assert any(g.abs().max() > 0 for g in batched)
-    for got, want in zip(batched, expected):
+    for got, want in zip(batched, expected, strict=True):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
     mem.reset()
     assert mem.rows is None and mem.states()["edits"].shape == (2, 1, 8, 8)

@@ -65,7 +65,9 @@ def test_training_teaches_memory_to_recall_and_leaves_the_backbone_alone(model_d
     assert summary["initial_eval_loss_memory"] - summary["eval_loss_memory"] > 2.0
     assert summary["eval_loss_no_memory"] - summary["eval_loss_memory"] > 2.0
     # and it is recall, not a bias: another episode's history does not help as much
-    shuffled = [Episode(a.history, b.query, b.target) for a, b in zip(held_out, held_out[1:] + held_out[:1])]
+    shuffled = [
+        Episode(a.history, b.query, b.target) for a, b in zip(held_out, held_out[1:] + held_out[:1], strict=True)
+    ]
     mismatched = evaluate(mem, shuffled, options.write_tokens)["eval_loss_memory"]
     assert mismatched - summary["eval_loss_memory"] > 1.0
 
