@@ -74,7 +74,10 @@ QUICK = Recipe(max_k=4, backbone_steps=1500, adapter_episodes=((2, 1000), (4, 30
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
-    return {"fim": task.save_tokenizer(out / "backbone", True, seed), "chat": task.save_tokenizer(out / "backbone-chat", False, seed)}
+    return {
+        "fim": task.save_tokenizer(out / "backbone", True, seed),
+        "chat": task.save_tokenizer(out / "backbone-chat", False, seed),
+    }
 
 
 def prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> list[int]:
@@ -252,8 +255,8 @@ def train_options(episodes_n: int, lr: float, seed: int) -> Any:
         steps = max(1, episodes_n // rows)
         return TrainOptions(steps=steps, rows=rows, warmup_steps=50, schedule="cosine", lr=lr, seed=seed,
                             write_chunk_tokens=WRITE_CHUNK_TOKENS, eval_every=steps, progress=False)
-    return TrainOptions(steps=episodes_n, lr=lr, seed=seed, write_chunk_tokens=WRITE_CHUNK_TOKENS, eval_every=episodes_n,
-                        progress=False)
+    return TrainOptions(steps=episodes_n, lr=lr, seed=seed, write_chunk_tokens=WRITE_CHUNK_TOKENS,
+                        eval_every=episodes_n, progress=False)
 
 
 def train_adapter(out: Path, variant: str, toks: dict[str, Any], recipe: Recipe, seed: int) -> dict[str, Any]:

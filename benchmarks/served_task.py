@@ -245,7 +245,7 @@ def save_tokenizer(directory: Path, fim: bool, seed: int = 0) -> Any:
     core.train_from_iterator(corpus(random.Random(seed)), trainer)
     if not fim:
         text = core.to_str()
-        for name, other in zip(FIM_TOKENS, NO_FIM_TOKENS):
+        for name, other in zip(FIM_TOKENS, NO_FIM_TOKENS, strict=True):
             text = text.replace(json.dumps(name), json.dumps(other))
         core = Tokenizer.from_str(text)
     tokenizer = transformers.PreTrainedTokenizerFast(

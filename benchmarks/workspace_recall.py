@@ -122,8 +122,8 @@ class Server:
             try:
                 message = self.messages.get(timeout=TIMEOUT)
             except queue.Empty:
-                raise TimeoutError(f"dmem-lsp said nothing for {TIMEOUT} s; the last memory events: {self.events[-4:]}; "
-                                   f"its log: {self.log_path}") from None
+                raise TimeoutError(f"dmem-lsp said nothing for {TIMEOUT} s; the last memory events: "
+                                   f"{self.events[-4:]}; its log: {self.log_path}") from None
             if message is None:
                 raise RuntimeError(f"dmem-lsp ended (exit {self.process.wait()}); its log: {self.log_path}")
             method = message.get("method")
@@ -134,7 +134,8 @@ class Server:
                 if message["params"].get("state") == "error":
                     raise RuntimeError(f"dmem-lsp failed to load: {message['params'].get('message')}")
             elif method is not None and "id" in message:  # workDoneProgress/create, configuration, showDocument
-                self.send({"jsonrpc": "2.0", "id": message["id"], "result": [None] if "configuration" in method else None})
+                result = [None] if "configuration" in method else None
+                self.send({"jsonrpc": "2.0", "id": message["id"], "result": result})
             if until(message):
                 return message
 
@@ -216,8 +217,9 @@ def write_all(server: Server, layout: Layout, tokenizer: Any) -> None:
         elif ws.source == "debug":
             uri = (folder / task.NOTES_FILE).as_uri()
             for step in ws.steps:
+                arguments = [{"uri": uri, "text": step, "kind": "note"}]
                 done = server.request("workspace/executeCommand", {"command": "dmem.rememberDebugStep",
-                                                                   "arguments": [{"uri": uri, "text": step, "kind": "note"}]})
+                                                                   "arguments": arguments})
                 if not done or not done.get("tokens"):
                     raise RuntimeError(f"{name}: the debugging step was not written: {done}")
     for name, ws in layout.workspaces:
@@ -274,9 +276,13 @@ def session(model: Path, adapter: str, home: Path, layout: Layout, tokenizer: An
             uri = layout.folder(name).as_uri().rstrip("/")
             server.wait_event(lambda e, uri=uri: e.get("event") == "opened" and e.get("folder", "").rstrip("/") == uri)
         if write:
-            conventions = [layout.folder(n).as_uri().rstrip("/") for n, ws in layout.workspaces if ws.source == "conventions"]
+            conventions = [
+                layout.folder(n).as_uri().rstrip("/") for n, ws in layout.workspaces if ws.source == "conventions"
+            ]
             for uri in conventions:  # written when the folder opens, as soon as the model is ready
-                server.wait_event(lambda e, uri=uri: e.get("event") == "written" and e.get("folder", "").rstrip("/") == uri)
+                server.wait_event(
+                    lambda e, uri=uri: e.get("event") == "written" and e.get("folder", "").rstrip("/") == uri
+                )
             write_all(server, layout, tokenizer)
         out = {"answers": ask_all(server, layout, inline)}
         if reset_after:
@@ -316,7 +322,7 @@ def score(layout: Layout, answers: dict[str, list[str]], against_twin: bool = Fa
         if (name in layout.twin_of) != against_twin:
             continue
         truth = dict(workspaces[layout.twin_of[name]].facts) if against_twin else dict(ws.facts)
-        for query, word in zip(ws.queries, answers[name]):
+        for query, word in zip(ws.queries, answers[name], strict=True):
             right = word == truth[query.key]
             for cell in (f"{ws.source} K={len(ws.facts)}", "all", *((f"{ws.source} re-assigned",)
                                                                     if query.key in ws.reassigned else ())):
@@ -325,7 +331,7 @@ def score(layout: Layout, answers: dict[str, list[str]], against_twin: bool = Fa
 
 
 def same(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict[str, int]:
-    pairs = [(x, y) for name in a for x, y in zip(a[name], b[name])]
+    pairs = [(x, y) for name in a for x, y in zip(a[name], b[name], strict=True)]
     return {"identical": sum(x == y for x, y in pairs), "queries": len(pairs)}
 
 
@@ -359,7 +365,9 @@ def run_seed(seed: int, workdir: Path, ks: Sequence[int], per_k: int, recipe: An
             log.info("seed %d, %s, %s: writing and asking through dmem-lsp", seed, shape, variant)
             main = session(model_dir, adapter, base / "home", layout, tokenizer)
             log.info("seed %d, %s, %s: restarting", seed, shape, variant)
-            again = session(model_dir, adapter, base / "home", layout, tokenizer, write=False, inline=True, reset_after=True)
+            again = session(
+                model_dir, adapter, base / "home", layout, tokenizer, write=False, inline=True, reset_after=True
+            )
             log.info("seed %d, %s, %s: controls", seed, shape, variant)
             none = session(model_dir, adapter, base / "home-none", layout, tokenizer, write=False, memory_enabled=False)
             other = session(model_dir, "none", base / "home-other", layout, tokenizer)
@@ -398,7 +406,8 @@ def table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
                      f"validation workspaces: {c}; whole seed {r['seconds']:.0f} s")
     for key in [k for k in results[0] if "-" in k and isinstance(results[0][k], dict) and "b" in results[0][k]]:
         shape, variant = key.split("-")
-        lines += [(f"\n**{shape.upper()} prompts, {variant.upper()}** (seeds {', '.join(str(r['seed']) for r in results)};"
+        seeds = ", ".join(str(r["seed"]) for r in results)
+        lines += [(f"\n**{shape.upper()} prompts, {variant.upper()}** (seeds {seeds};"
                    " each cell: per seed, then the minimum)\n"),
                   "| row | " + " | ".join(f"K={k}" for k in ks) + " | re-assigned | chance |",
                   "|---|" + "---|" * (len(ks) + 2)]
@@ -425,13 +434,17 @@ def _seeds(cells: Sequence[dict[str, Any] | None]) -> str:
     values = [c["accuracy"] for c in cells if c and c["accuracy"] is not None]
     if not values:
         return "—"
-    return values and (f"{values[0]:.2f}" if len(values) == 1 else "/".join(f"{v:.2f}" for v in values) + f" (min {min(values):.2f})")
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return "/".join(f"{v:.2f}" for v in values) + f" (min {min(values):.2f})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="K = 1, 2, 4, the quick recipe: minutes, not a table to quote")
+    parser.add_argument(
+        "--quick", action="store_true", help="K = 1, 2, 4, the quick recipe: minutes, not a table to quote"
+    )
     parser.add_argument("--per-k", type=int, default=None, help="workspaces per source and K (default 8; quick 3)")
     parser.add_argument("--shapes", nargs="+", choices=("fim", "chat"), default=["fim", "chat"])
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -459,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for assignment in args.set:
             name, _, value = assignment.partition("=")
             value = json.loads(value)
-            recipe = dataclasses.replace(recipe, **{name: tuple(map(tuple, value)) if name == "adapter_episodes" else value})
+            value = tuple(map(tuple, value)) if name == "adapter_episodes" else value
+            recipe = dataclasses.replace(recipe, **{name: value})
         ks = QUICK_KS if args.quick else KS
         results = [run_seed(seed, args.workdir, ks, per_k, recipe, args.shapes) for seed in args.seeds]
     finally:

@@ -43,7 +43,9 @@ def test_the_latest_assignment_is_the_answer_in_every_source(modules):
             ws = task.make_workspace(source, k, rng)
             text = "\n".join(task.framed(ws))
             for key, value in ws.facts:
-                lines = [line.lstrip("+") for line in text.splitlines() if line.lstrip("+").split(" ")[0].rstrip(":") == key]
+                lines = [
+                    line.lstrip("+") for line in text.splitlines() if line.lstrip("+").split(" ")[0].rstrip(":") == key
+                ]
                 assert lines and lines[-1].split()[-1] == value, (source, key, lines)
             assert [q.key for q in ws.queries] == [key for key, _ in ws.facts]
             assert all(q.prefix.endswith(f"{q.key} =") for q in ws.queries)
