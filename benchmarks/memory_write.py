@@ -24,7 +24,8 @@ runs it on a narrower model of the same depth, where the machine is too slow for
 The whole-model ratios are only good to a few percent on a shared machine (one chunk's ratio
 spreads ±5–10%). The firm figures are the per-layer rows (``benchmarks/memory_layers.py``):
 each decoder layer called on its own, plain / write / read non-zero / read of a zero state
-side by side, ``--layer-repeats`` times, for every seed of ``--seeds``; the worst seed is the
+side by side, ``--layer-repeats`` times, for every seed of ``--seeds``, as whole-layer times
+and as δ-mem's own time inside the layer ("in situ", the firm figure); the worst seed is the
 headline. The whole-model and memory rows use the first seed; ``--tokens 0`` skips the
 whole-model passes.
 
@@ -213,13 +214,14 @@ def main() -> None:
     args.seed = seeds[0]
     began = time.perf_counter()
 
-    by_seed, ms_plain = {}, {}
+    by_seed, in_situ, ms_plain = {}, {}, {}
     for seed in seeds:  # the per-layer rows: the firm figures
         model, mem = build(shape, seed)
         ids = torch.randint(3, shape["vocab_size"], (1, args.chunk), generator=torch.Generator().manual_seed(seed))
         with torch.inference_mode():
             times = memory_layers.layer_times(model, mem, ids, args.layer_repeats)
         by_seed[seed] = memory_layers.ratios(times)
+        in_situ[seed] = memory_layers.ratios(times, in_situ=True)
         ms_plain[seed] = statistics.median(row["plain"] for rows in times for row in rows) * 1000
         print(f"per-layer rows, seed {seed} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
         del model, mem
@@ -241,7 +243,7 @@ def main() -> None:
         f"{args.threads} thread(s)"
         + (", denormals flushed" if args.flush_denormal else "")
     )
-    print("\n".join(memory_layers.report(by_seed, ms_plain, shape["num_hidden_layers"], args.layer_repeats)))
+    print("\n".join(memory_layers.report(by_seed, in_situ, ms_plain, shape["num_hidden_layers"], args.layer_repeats)))
     if runs:
         whole_model(runs, args)
     print(

@@ -29,11 +29,15 @@ def test_quick_run_prints_every_row():
     for seed in (0, 1, 2):  # the default seeds, each with the three per-layer ratios
         block = out.split(f"    seed {seed} (plain layer ")[1]
         for label in ("write path / plain layer", "read non-zero / plain layer", "read non-zero / zero-state read"):
-            assert re.search(rf"{label} +\d+\.\d+x  \(quartiles \d+\.\d+-\d+\.\d+", block), f"{label!r}, seed {seed}"
+            for how in ("layer  ", "in situ"):  # the whole layer's time, and δ-mem's own time in it
+                row = rf"{how} {label} +\d+\.\d+x  \(quartiles \d+\.\d+-\d+\.\d+"
+                assert re.search(row, block), f"{how} {label!r}, seed {seed}"
     for label, target in (
         ("write path / plain layer", "target ≤ 1.05x"),
         ("read non-zero / plain layer", "target ≤ 1.02x"),
     ):
-        assert re.search(rf"worst seed, {label} +\d+\.\d+x \(seed [012]; {target}: (met|NOT met)\)", out), label
+        for how in ("whole layer", "in situ, the firm figure"):
+            headline = out.split(f"worst seed, {how}")[1]
+            assert re.search(rf"{label} +\d+\.\d+x \(seed [012]; {target}: (met|NOT met)\)", headline), label
     assert re.search(r"write pass / plain forward +\d+\.\d+x", out)
     assert re.search(r"state file [\d,]+ bytes; save p50 [\d.]+ ms, load p50 [\d.]+ ms", out)
