@@ -21,7 +21,16 @@ and the process's memory (RSS and its peak) after writing 1k and ``--growth`` to
 fresh state on the same model (target: no growth; ``--growth 0`` skips it, ``--growth-hidden``
 runs it on a narrower model of the same depth, where the machine is too slow for the full width).
 
-    .venv/bin/python benchmarks/memory_write.py [--tokens 8192] [--chunk 256] [--repeats 1] [--seed 0] [--threads 1]
+The whole-model ratios are only good to a few percent on a shared machine (one chunk's ratio
+spreads ±5–10%). The firm figures are the per-layer rows (``benchmarks/memory_layers.py``):
+each decoder layer called on its own, plain / write / read non-zero / read of a zero state
+side by side, ``--layer-repeats`` times, for every seed of ``--seeds``, as whole-layer times
+and as δ-mem's own time inside the layer ("in situ", the firm figure); the worst seed is the
+headline. The whole-model and memory rows use the first seed; ``--tokens 0`` skips the
+whole-model passes.
+
+    .venv/bin/python benchmarks/memory_write.py [--tokens 8192] [--chunk 256] [--repeats 1] [--threads 1]
+                                                [--seeds 0,1,2] [--layer-repeats 10]
     .venv/bin/python benchmarks/memory_write.py --quick
 """
 
@@ -39,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import memory_layers  # noqa: E402  (benchmarks/, beside this file)
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -150,41 +160,12 @@ def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpo
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=256, help="tokens per pass (the server's write chunk)")
-    parser.add_argument("--repeats", type=int, default=1, help="passes over --tokens (each chunk is a measured triple)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--growth", type=int, default=100_000, help="tokens written for the memory-growth rows (0: skip)")
-    parser.add_argument("--growth-hidden", type=int, default=None, help="hidden size of the growth model (default: the same)")
-    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the whole run")
-    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the script, not a figure")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.flush_denormal and not torch.set_flush_denormal(True):
-        parser.error("--flush-denormal: this CPU cannot flush denormals")
-    shape = QUICK_SHAPE if args.quick else QWEN3_SHAPE
-    if args.quick:
-        args.tokens, args.chunk, args.repeats, args.growth = 256, 64, 2, 4000
-    began = time.perf_counter()
-
-    model, mem = build(shape, args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randint(3, shape["vocab_size"], (1, args.tokens), generator=generator)
-    with torch.inference_mode():
-        passes(model, mem, tokens[:, : args.chunk], args.chunk)  # warm-up, and a non-zero state to start from
-        runs = []
-        for repeat in range(args.repeats):
-            runs.append(passes(model, mem, tokens, args.chunk))
-            print(f"repeat {repeat + 1} of {args.repeats} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-    saves, loads, size = state_file(mem, max(5, args.repeats))
-
+def whole_model(runs: list[list[dict[str, float]]], args: argparse.Namespace) -> None:
+    """The whole-model rows: every pass's CPU seconds per repeat, and the ratios over chunks (good to a
+    few percent on a shared machine: the per-layer rows are the firm figures)."""
     print(
-        f"random Qwen3: hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocab {shape['vocab_size']}; "
-        f"δ-mem TSW rank 8; {args.tokens} tokens in chunks of {args.chunk}; {args.repeats} repeats, "
-        f"seed {args.seed}, {args.threads} thread(s)" + (", denormals flushed" if args.flush_denormal else "")
+        f"  whole model, seed {args.seed}: {args.tokens} tokens, {args.repeats} repeat(s); "
+        "the same targets as above, to a few percent here"
     )
     print(f"  {'pass':<30}" + "".join(f"{f'repeat {i + 1} CPU s':>15}" for i in range(args.repeats)) + f"{'median':>9}")
     names = {"plain": "plain forward (zero state)", "write": "write pass", "read": "read, non-zero state"}
@@ -205,6 +186,66 @@ def main() -> None:
             f"  {label:<30} {median:.3f}x  (median of {len(ratios)} chunks, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
             f"totals {whole:.3f}x; target ≤ {target:.2f}x: {'met' if median <= target else 'NOT met'})"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--chunk", type=int, default=256, help="tokens per pass (the server's write chunk)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over --tokens (each chunk is a measured triple)")
+    parser.add_argument("--seeds", default="0,1,2", help="per-layer rows on each; the rest: the first")
+    parser.add_argument("--layer-repeats", type=int, default=10, help="repetitions of the per-layer rows, per seed")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--growth", type=int, default=100_000, help="tokens written for the memory-growth rows (0: skip)")
+    parser.add_argument("--growth-hidden", type=int, default=None, help="hidden size of the growth model (default: the same)")
+    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the whole run")
+    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the script, not a figure")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        parser.error("--flush-denormal: this CPU cannot flush denormals")
+    shape = QUICK_SHAPE if args.quick else QWEN3_SHAPE
+    if args.quick:
+        args.tokens, args.chunk, args.repeats, args.growth, args.layer_repeats = 256, 64, 2, 4000, 3
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    args.seed = seeds[0]
+    began = time.perf_counter()
+
+    by_seed, in_situ, ms_plain = {}, {}, {}
+    for seed in seeds:  # the per-layer rows: the firm figures
+        model, mem = build(shape, seed)
+        ids = torch.randint(3, shape["vocab_size"], (1, args.chunk), generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            times = memory_layers.layer_times(model, mem, ids, args.layer_repeats)
+        by_seed[seed] = memory_layers.ratios(times)
+        in_situ[seed] = memory_layers.ratios(times, in_situ=True)
+        ms_plain[seed] = statistics.median(row["plain"] for rows in times for row in rows) * 1000
+        print(f"per-layer rows, seed {seed} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+        del model, mem
+        gc.collect()
+    model, mem = build(shape, args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(3, shape["vocab_size"], (1, args.tokens), generator=generator)
+    runs = []
+    with torch.inference_mode():
+        passes(model, mem, tokens[:, : args.chunk], args.chunk)  # warm-up, and a non-zero state to start from
+        for repeat in range(args.repeats if args.tokens > 0 else 0):
+            runs.append(passes(model, mem, tokens, args.chunk))
+            print(f"repeat {repeat + 1} of {args.repeats} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+    saves, loads, size = state_file(mem, max(5, args.repeats))
+
+    print(
+        f"random Qwen3: hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+        f"vocab {shape['vocab_size']}; δ-mem TSW rank 8; chunks of {args.chunk} tokens; seeds {args.seeds}; "
+        f"{args.threads} thread(s)"
+        + (", denormals flushed" if args.flush_denormal else "")
+    )
+    print("\n".join(memory_layers.report(by_seed, in_situ, ms_plain, shape["num_hidden_layers"], args.layer_repeats)))
+    if runs:
+        whole_model(runs, args)
     print(
         f"  state file {size:,} bytes; save p50 {statistics.median(saves) * 1000:.2f} ms, "
         f"load p50 {statistics.median(loads) * 1000:.2f} ms ({len(saves)} each)"
