@@ -138,7 +138,9 @@ def state_file(mem: memory.Memory, repeats: int) -> tuple[list[float], list[floa
         return saves, loads, store.state_path.stat().st_size
 
 
-def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpoints: list[int]) -> list[tuple[int, float, float]]:
+def growth(
+    model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpoints: list[int]
+) -> list[tuple[int, float, float]]:
     """(tokens written into a fresh state, RSS MiB, peak RSS MiB) after writing up to each checkpoint."""
     mem.reset()
     generator = torch.Generator().manual_seed(seed + 1)
@@ -154,9 +156,11 @@ def growth(model, mem: memory.Memory, vocab: int, seed: int, chunk: int, checkpo
                 written += size
                 if written // every > (written - size) // every and written != target:
                     rss, peak = rss_mib()
-                    print(f"growth: {written:,} tokens written, RSS {rss:.1f} MiB, peak {peak:.1f} MiB", file=sys.stderr, flush=True)
+                    print(f"growth: {written:,} tokens written, RSS {rss:.1f} MiB, peak {peak:.1f} MiB",
+                          file=sys.stderr, flush=True)
             rows.append((written, *rss_mib()))
-            print(f"growth: {written:,} tokens written, RSS {rows[-1][1]:.1f} MiB, peak {rows[-1][2]:.1f} MiB", file=sys.stderr, flush=True)
+            print(f"growth: {written:,} tokens written, RSS {rows[-1][1]:.1f} MiB, peak {rows[-1][2]:.1f} MiB",
+                  file=sys.stderr, flush=True)
     return rows
 
 
@@ -183,7 +187,8 @@ def whole_model(runs: list[list[dict[str, float]]], args: argparse.Namespace) ->
         quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [median] * 3
         whole = sum(t[top] for t in totals) / sum(t[bottom] for t in totals)
         print(
-            f"  {label:<30} {median:.3f}x  (median of {len(ratios)} chunks, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
+            f"  {label:<30} {median:.3f}x  (median of {len(ratios)} chunks, "
+            f"quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
             f"totals {whole:.3f}x; target ≤ {target:.2f}x: {'met' if median <= target else 'NOT met'})"
         )
 
@@ -196,10 +201,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="per-layer rows on each; the rest: the first")
     parser.add_argument("--layer-repeats", type=int, default=10, help="repetitions of the per-layer rows, per seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--growth", type=int, default=100_000, help="tokens written for the memory-growth rows (0: skip)")
-    parser.add_argument("--growth-hidden", type=int, default=None, help="hidden size of the growth model (default: the same)")
-    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the whole run")
-    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the script, not a figure")
+    parser.add_argument("--growth", type=int, default=100_000,
+                        help="tokens written for the memory-growth rows (0: skip)")
+    parser.add_argument("--growth-hidden", type=int, default=None,
+                        help="hidden size of the growth model (default: the same)")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="torch.set_flush_denormal(True) for the whole run")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model and few tokens: checks the script, not a figure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.flush_denormal and not torch.set_flush_denormal(True):
@@ -234,7 +243,8 @@ def main() -> None:
         passes(model, mem, tokens[:, : args.chunk], args.chunk)  # warm-up, and a non-zero state to start from
         for repeat in range(args.repeats if args.tokens > 0 else 0):
             runs.append(passes(model, mem, tokens, args.chunk))
-            print(f"repeat {repeat + 1} of {args.repeats} done, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+            print(f"repeat {repeat + 1} of {args.repeats} done, {time.perf_counter() - began:.0f} s",
+                  file=sys.stderr, flush=True)
     saves, loads, size = state_file(mem, max(5, args.repeats))
 
     print(
@@ -264,11 +274,13 @@ def main() -> None:
         gc.collect()
         model, mem = build(growth_shape, args.seed)
     rows = growth(model, mem, growth_shape["vocab_size"], args.seed, args.chunk, [1000, args.growth])
-    print(f"  process memory writing on hidden {growth_shape['hidden_size']}, {growth_shape['num_hidden_layers']} layers:")
+    hidden, layers = growth_shape["hidden_size"], growth_shape["num_hidden_layers"]
+    print(f"  process memory writing on hidden {hidden}, {layers} layers:")
     for written, rss, peak in rows:
         print(f"    after {written:>7,} tokens written  RSS {rss:8.1f} MiB   peak {peak:8.1f} MiB")
     (_, rss_1k, peak_1k), (_, rss_n, peak_n) = rows
-    print(f"    growth from 1k to {args.growth:,} tokens: RSS {rss_n - rss_1k:+.1f} MiB, peak {peak_n - peak_1k:+.1f} MiB")
+    print(f"    growth from 1k to {args.growth:,} tokens: RSS {rss_n - rss_1k:+.1f} MiB, "
+          f"peak {peak_n - peak_1k:+.1f} MiB")
     print(f"  wall time {time.perf_counter() - began:.0f} s")
 
 

@@ -17,7 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_write.py"
 
 def test_quick_run_prints_every_row():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for row in (
