@@ -2,9 +2,10 @@
 
 ``RowsLoss`` is the loss of B independent episodes computed together. ``Memory.reset(rows=B)``
 gives every store B zero states; write pass j of every episode runs as one batch (row i into
-state i alone), then every read of every episode runs as one batch, each row reading its
-episode's state (``Memory.select_rows``). The result is the loss of writing and reading the
-episodes one by one: the mean cross-entropy over all their target tokens (tested).
+state i alone; one batch per store when their passes j go into different stores), then every
+read of every episode runs as one batch, each row reading its episode's state
+(``Memory.select_rows``). The result is the loss of writing and reading the episodes one by
+one: the mean cross-entropy over all their target tokens (tested).
 
 Rows are right-padded, so a real token never attends to a pad (attention is causal) and
 keeps its position; pads and the rows of episodes that have fewer write passes are marked
@@ -27,16 +28,19 @@ from .model import Memory
 
 __all__ = ["Rows", "RowsLoss", "history_passes", "rows_loss", "rows_tensors"]
 
-Pass = tuple[list[int], list[int]]
-"""One write pass: token ids and a segment id per token."""
+Pass = tuple[list[int], list[int], str | None]
+"""One write pass: token ids, a segment id per token, and the store it is written into
+(None: the memory's first store)."""
 
 
 def history_passes(episode: Episode, write_tokens: int, chunk_tokens: int = 0) -> list[Pass]:
-    """The write passes of an episode's history, as lists: (ids, segment ids).
+    """The write passes of an episode's history, as lists: (ids, segment ids, store).
 
     The history keeps its last ``write_tokens``. With ``chunk_tokens`` each piece of it is
     written in passes of at most that many tokens, each pass one segment (as the server
-    writes); with 0 the whole history is one pass, each piece one segment.
+    writes); with 0 each run of pieces in one store is one pass, each piece one segment (a
+    history in one store: one pass, as the paper writes). Each pass goes into its piece's
+    store (``Episode.stores``), in the history's order.
     """
     ids: list[int] = []
     segment_ids: list[int] = []
@@ -44,22 +48,32 @@ def history_passes(episode: Episode, write_tokens: int, chunk_tokens: int = 0) -
         ids.extend(piece)
         segment_ids.extend([index] * len(piece))
     ids, segment_ids = ids[-write_tokens:], segment_ids[-write_tokens:]
-    if not chunk_tokens:
-        return [(ids, segment_ids)] if ids else []
-    pieces: list[list[int]] = []
+    stores = episode.stores
+
+    def store(position: int) -> str | None:
+        return stores[segment_ids[position]] if stores else None
+
+    passes: list[Pass] = []
     for position, token in enumerate(ids):
-        if position == 0 or segment_ids[position] != segment_ids[position - 1] or len(pieces[-1]) == chunk_tokens:
-            pieces.append([])
-        pieces[-1].append(token)
-    return [(piece, [0] * len(piece)) for piece in pieces]
+        if (
+            position == 0
+            or store(position) != store(position - 1)
+            or chunk_tokens
+            and (segment_ids[position] != segment_ids[position - 1] or len(passes[-1][0]) == chunk_tokens)
+        ):
+            passes.append(([], [], store(position)))
+        passes[-1][0].append(token)
+        passes[-1][1].append(0 if chunk_tokens else segment_ids[position])
+    return passes
 
 
 @dataclass(frozen=True)
 class Rows:
     """The tensors of ``RowsLoss`` for B episodes with R reads in all."""
 
-    passes: list[tuple[torch.Tensor, torch.Tensor]]
-    """Write pass j of every episode: (ids [B, W_j], segments [B, W_j], -1 = not written)."""
+    passes: list[tuple[str | None, torch.Tensor, torch.Tensor]]
+    """The write passes, in order: (store, ids [B, W], segments [B, W], -1 = not written);
+    pass j of every episode whose pass j goes into that store (None: the first store)."""
     sequences: torch.Tensor
     """[R, T] every read's query then target, right-padded."""
     starts: list[int]
@@ -78,13 +92,16 @@ def _padded(rows: Sequence[Sequence[int]], fill: int, device: torch.device | str
 def rows_tensors(
     episodes: Sequence[Episode], write_tokens: int, device: torch.device | str, chunk_tokens: int = 0
 ) -> Rows:
-    """The inputs of ``RowsLoss`` for ``episodes``: pass j of each in one batch, every read in one."""
+    """The inputs of ``RowsLoss`` for ``episodes``: pass j of each in one batch per store
+    (one batch when their pass j goes into one store), every read in one."""
     per_episode = [history_passes(episode, write_tokens, chunk_tokens) for episode in episodes]
     passes = []
     for j in range(max(len(p) for p in per_episode)):
-        ids = [p[j][0] if j < len(p) else [0] for p in per_episode]  # no pass j: one token, not written
-        segments = [p[j][1] if j < len(p) else [-1] for p in per_episode]
-        passes.append((_padded(ids, 0, device), _padded(segments, -1, device)))
+        for store in dict.fromkeys(p[j][2] for p in per_episode if j < len(p)):  # in order of first use
+            here = [j < len(p) and p[j][2] == store for p in per_episode]  # elsewhere: one token, not written
+            ids = [p[j][0] if mine else [0] for p, mine in zip(per_episode, here, strict=True)]
+            segments = [p[j][1] if mine else [-1] for p, mine in zip(per_episode, here, strict=True)]
+            passes.append((store, _padded(ids, 0, device), _padded(segments, -1, device)))
     reads = [(i, query, target) for i, episode in enumerate(episodes) for query, target in episode.queries]
     return Rows(
         passes=passes,
@@ -99,11 +116,10 @@ def rows_loss(mem: Memory, rows: Rows, use_memory: bool = True) -> torch.Tensor:
     """Zero B states, write pass j of every episode at once, read every read from its own
     episode's state: the mean cross-entropy over every target token. ``use_memory=False``
     writes nothing (the base model's loss). Leaves one shared state per store behind."""
-    store = mem.stores[0]  # stores share the weights; a read sums them all
-    mem.reset(rows=int(rows.passes[0][0].shape[0]) if rows.passes else 1)
+    mem.reset(rows=int(rows.passes[0][1].shape[0]) if rows.passes else 1)
     if use_memory:
-        for ids, segments in rows.passes:
-            with mem.writing(store, segments=segments):
+        for store, ids, segments in rows.passes:  # stores share the weights; a read sums them all
+            with mem.writing(store or mem.stores[0], segments=segments):
                 mem.model(input_ids=ids, use_cache=False, logits_to_keep=1)
     mem.select_rows(rows.episode_of)
     width = rows.sequences.shape[1]

@@ -44,6 +44,10 @@ class Episode:
     reads: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
     """More (query, target) pairs read from the same written history, each a read pass of
     its own; the loss is the mean over every target token of the episode."""
+    stores: tuple[str, ...] = ()
+    """The memory store each history piece is written into, one name per piece (as the server
+    writes conventions, edits and debug steps into stores of their own); empty: every piece
+    into the memory's first store."""
 
     def __post_init__(self) -> None:
         if not any(self.history):
@@ -54,6 +58,10 @@ class Episode:
             raise EpisodeError(f"{self.source or 'an episode'}: the target is empty")
         if any(not query or not target for query, target in self.reads):
             raise EpisodeError(f"{self.source or 'an episode'}: a read has an empty query or target")
+        if self.stores and len(self.stores) != len(self.history):
+            raise EpisodeError(
+                f"{self.source or 'an episode'}: {len(self.stores)} store names for {len(self.history)} history pieces"
+            )
 
     @property
     def queries(self) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
@@ -168,6 +176,8 @@ def fingerprint(episodes: Sequence[Episode]) -> str:
     """sha256 over every episode's tokens, in order: resuming on other data is refused by it."""
     digest = hashlib.sha256()
     for episode in episodes:
-        fields = [episode.history, episode.query, episode.target, *([episode.reads] if episode.reads else [])]
+        fields: list[Any] = [episode.history, episode.query, episode.target]
+        fields += [episode.reads] if episode.reads or episode.stores else []
+        fields += [episode.stores] if episode.stores else []
         digest.update(json.dumps(fields).encode())
     return digest.hexdigest()

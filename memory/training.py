@@ -164,16 +164,16 @@ class EpisodeLoss(nn.Module):
         super().__init__()
         self.model = mem.model
         self.memory = mem
-        self.store = mem.stores[0]  # stores share the weights; a read sums them all
 
     def forward(
         self,
-        passes: list[tuple[torch.Tensor, torch.Tensor | None]] | Rows,
+        passes: list[tuple[torch.Tensor, torch.Tensor | None, str | None]] | Rows,
         sequence: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         use_memory: bool = True,
     ) -> torch.Tensor:
-        """passes: write passes, each (ids [1, W], segments [1, W] or None); sequence [1, Q+N]
+        """passes: write passes, each (ids [1, W], segments [1, W] or None, store or None for the
+        first store); sequence [1, Q+N]
         (query then target); target [N]. Gradients flow through the state from pass to pass.
         Or ``Rows`` alone: several episodes at once (``memory.batching.rows_loss``)."""
         if isinstance(passes, Rows):
@@ -182,8 +182,8 @@ class EpisodeLoss(nn.Module):
             raise TypeError("EpisodeLoss: write passes need a sequence and a target")
         self.memory.reset()
         if use_memory:
-            for history, segments in passes:
-                with self.memory.writing(self.store, segments=segments):
+            for history, segments, store in passes:  # stores share the weights; a read sums them all
+                with self.memory.writing(store or self.memory.stores[0], segments=segments):
                     self.model(input_ids=history, use_cache=False, logits_to_keep=1)
         n = target.shape[0]
         logits = self.model(input_ids=sequence, use_cache=False, logits_to_keep=n + 1).logits  # [1, N+1, V]
@@ -192,17 +192,18 @@ class EpisodeLoss(nn.Module):
 
 def episode_tensors(
     episode: Episode, write_tokens: int, segmented: bool, device: torch.device | str, chunk_tokens: int = 0
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor, torch.Tensor]:
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None, str | None]], torch.Tensor, torch.Tensor]:
     """The inputs of ``EpisodeLoss`` for one episode: (write passes, sequence, target).
 
     The history keeps its last ``write_tokens``. With ``chunk_tokens`` each piece of it is
     written in passes of at most that many tokens, each pass one segment (as the server
-    writes); with 0 the whole history is one pass, each piece one segment.
+    writes); with 0 each run of pieces in one store is one pass, each piece one segment. Each
+    pass names its store (``Episode.stores``; None: the first store).
     """
     chunks = history_passes(episode, write_tokens, chunk_tokens)
     passes = [
-        (torch.tensor([piece], device=device), torch.tensor([segments], device=device) if segmented else None)
-        for piece, segments in chunks
+        (torch.tensor([piece], device=device), torch.tensor([segments], device=device) if segmented else None, store)
+        for piece, segments, store in chunks
     ]
     sequence = torch.tensor([[*episode.query, *episode.target]], device=device)
     return passes, sequence, torch.tensor(episode.target, device=device)

@@ -2,7 +2,9 @@
 
 The batched loss of several episodes (each written into and read from a state of its own,
 with different numbers of write passes, lengths and reads) equals writing and reading them
-one by one, and differs when a row reads another episode's state; ``train`` with rows and a
+one by one, and differs when a row reads another episode's state; so does an episode whose
+pieces name their stores (each written into its own store, as the server writes, which is not
+writing them all into one); ``train`` with rows and a
 cosine schedule learns, records what it did, and writes the adapter's prompt shape.
 """
 
@@ -16,8 +18,8 @@ import pytest
 import torch
 
 import memory
-from memory.batching import rows_loss, rows_tensors
-from memory.episodes import Episode, fingerprint
+from memory.batching import history_passes, rows_loss, rows_tensors
+from memory.episodes import Episode, EpisodeError, fingerprint
 from memory.training import EpisodeLoss, TrainOptions, episode_tensors, learning_rate, train
 from tests.memory.helpers import strengthen
 from tests.memory.test_training import backbone_tensors, recall_episodes
@@ -52,7 +54,7 @@ def one_by_one(mem: memory.Memory, batch: list[Episode], written: list[Episode],
     summed = torch.zeros(())
     for episode, other in zip(batch, written, strict=True):
         for query, target in episode.queries:
-            single = Episode(history=other.history, query=query, target=target)
+            single = Episode(history=other.history, query=query, target=target, stores=other.stores)
             inputs = episode_tensors(single, 1024, mem.config.write == "segment", "cpu", chunk_tokens)
             summed = summed + loss(*inputs) * len(target)
             total += len(target)
@@ -75,6 +77,43 @@ def test_batched_loss_is_the_episodes_one_by_one(model_dirs, variant, chunk_toke
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(swapped, crossed, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(batched, swapped, rtol=1e-3), "rows read from the wrong episode would show"
+
+
+STORES = (("edits",), ("conventions", "edits", "conventions"), ("edits", "debug"))
+"""Per episode of ``episodes()``: the store of each piece (passes j go into different stores)."""
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 4], ids=["one-pass", "passes-of-4"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pieces_are_written_into_their_stores_batched_as_one_by_one(model_dirs, variant, chunk_tokens):
+    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), VARIANTS[variant])
+    strengthen(mem)
+    plain = episodes()
+    batch = [dataclasses.replace(e, stores=stores) for e, stores in zip(plain, STORES, strict=True)]
+    rows = rows_tensors(batch, 1024, "cpu", chunk_tokens)
+    most = max(len(history_passes(e, 1024, chunk_tokens)) for e in batch)
+    assert len(rows.passes) > most, "a pass j in two stores is two batches"
+    with torch.no_grad():
+        batched = EpisodeLoss(mem)(rows)
+        alone = one_by_one(mem, batch, batch, chunk_tokens)
+        one_store = EpisodeLoss(mem)(rows_tensors(plain, 1024, "cpu", chunk_tokens))
+        segmented = mem.config.write == "segment"
+        EpisodeLoss(mem)(*episode_tensors(batch[2], 1024, segmented, "cpu", chunk_tokens))
+        states = mem.states()
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)  # agree to ~1e-6
+    assert float((batched - one_store).abs()) > 1e-4, "writing every piece into one store would show (SSW: 6e-4)"
+    assert not states["conventions"].any(), "episode 2 writes nothing into conventions"
+    assert states["edits"].any() and states["debug"].any()
+
+
+def test_an_episode_names_a_store_per_piece_or_none():
+    episode = Episode(history=((1, 2), (3,)), query=(4,), target=(5,))
+    assert fingerprint([episode]) != fingerprint([dataclasses.replace(episode, stores=("conventions", "edits"))])
+    passes = history_passes(dataclasses.replace(episode, stores=("conventions", "edits")), 1024)
+    assert passes == [([1, 2], [0, 0], "conventions"), ([3], [1], "edits")]
+    assert history_passes(episode, 1024) == [([1, 2, 3], [0, 0, 1], None)]  # no stores: one pass, the first store
+    with pytest.raises(EpisodeError, match="1 store names for 2 history pieces"):
+        dataclasses.replace(episode, stores=("edits",))
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule():

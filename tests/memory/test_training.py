@@ -126,16 +126,17 @@ def test_a_4bit_backbone_passes_the_same_gradients_as_its_dequantized_weights(mo
 
 def test_write_tokens_keep_the_end_of_the_history():
     episode = Episode(history=((1, 2, 3), (4, 5)), query=(6,), target=(7,))
-    ((history, segments),), sequence, target = episode_tensors(episode, write_tokens=3, segmented=True, device="cpu")
-    assert history.tolist() == [[3, 4, 5]] and segments.tolist() == [[0, 1, 1]]
+    passes, sequence, target = episode_tensors(episode, write_tokens=3, segmented=True, device="cpu")
+    ((history, segments, store),) = passes
+    assert history.tolist() == [[3, 4, 5]] and segments.tolist() == [[0, 1, 1]] and store is None
     assert sequence.tolist() == [[6, 7]] and target.tolist() == [7]
 
 
 def test_chunked_writes_are_the_servers_write_passes(model_dirs):
     episode = Episode(history=((1, 2, 3, 4, 5, 6), (7, 8, 9)), query=(6,), target=(7,))
     passes, _, _ = episode_tensors(episode, write_tokens=8, segmented=True, device="cpu", chunk_tokens=4)
-    assert [ids.tolist() for ids, _ in passes] == [[[2, 3, 4, 5]], [[6]], [[7, 8, 9]]]  # per piece, then per chunk
-    assert all(not segments.any() for _, segments in passes)  # each pass one segment, as the server writes
+    assert [ids.tolist() for ids, _, _ in passes] == [[[2, 3, 4, 5]], [[6]], [[7, 8, 9]]]  # per piece, then per chunk
+    assert all(not segments.any() for _, segments, _ in passes)  # each pass one segment, as the server writes
     mem = fresh_memory(model_dirs)
     strengthen(mem)
     passes, sequence, target = episode_tensors(episode, 1024, False, "cpu", chunk_tokens=4)
