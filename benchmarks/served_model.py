@@ -226,13 +226,16 @@ VARIANTS = {"msw": {"rank": 8, "write": "token", "state_heads": 4}, "ssw": {"ran
 
 
 def episode(toks: dict[str, Any], ws: task.Workspace, query: task.Query, shape: str) -> Any:
-    """History as the server writes it (one piece per write event), the server's prompt as the query."""
+    """History as the server writes it (one piece per write event, into its source's store), the
+    server's prompt as the query."""
     from memory.episodes import Episode
 
     tokenizer = toks[shape]
     history = tuple(tuple(tokenizer.encode(text, add_special_tokens=False)) for text in task.framed(ws))
     query_ids = tuple(prompt_ids(tokenizer, query.prefix, query.suffix))
-    return Episode(history, query_ids, (value_id(tokenizer, query.value), tokenizer.eos_token_id), source=ws.source)
+    target = (value_id(tokenizer, query.value), tokenizer.eos_token_id)
+    stores = (ws.source,) * len(history)  # the store the server writes this source into
+    return Episode(history, query_ids, target, source=ws.source, stores=stores)
 
 
 def episodes(toks: dict[str, Any], rng: random.Random, n: int, max_k: int) -> list[Any]:

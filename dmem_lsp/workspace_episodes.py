@@ -8,7 +8,8 @@ file, and for each changed place in it (up to ``max_per_commit``):
   within the server's per-file and per-pass token budgets), then the diffs of the
   ``history_commits`` commits before it, framed by ``texts`` as the server frames them
   (``Project file <path>:``, ``Edit to <path>:`` with a unified diff), one history piece
-  per write pass the server runs (``texts.write_passes``: one segment each under SSW);
+  per write pass the server runs (``texts.write_passes``: one segment each under SSW),
+  each into the store the server writes it into (``conventions``, ``edits``);
 - query: the completion prompt the server would build at that place in the file *before*
   the change (``prompts.completion_prompt`` in ``options.prompt``'s shape: FIM or chat,
   with the server's prefix/suffix budgets), so the cursor sits inside the file;
@@ -220,8 +221,10 @@ def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptio
         changes = repository.changes(commit, parent)
         if parent is not None:
             history = _conventions(tokenizer, repository.conventions(parent), options)
+            stores = ["conventions"] * len(history)  # each piece into the store the server writes it into
             for pieces in diffs[-options.history_commits:]:
                 history.extend(pieces)
+                stores.extend(["edits"] * len(pieces))
             taken = 0
             for change in changes:
                 if change.old is None or change.new is None or taken >= options.max_per_commit or not history:
@@ -235,6 +238,7 @@ def workspace_episodes(repo: str | Path, tokenizer: Any, options: WorkspaceOptio
                     episodes.append(
                         Episode(
                             history=tuple(history),
+                            stores=tuple(stores),
                             query=tuple(prompt.input_ids),
                             target=encode(lines) + eos,
                             source=f"{commit[:10]} {change.path}",

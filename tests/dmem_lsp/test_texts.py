@@ -4,8 +4,10 @@ A git repository with a README (a convention file) and a source file is opened b
 server (a subprocess, an SSW adapter, write passes of 16 tokens) and edited in the editor;
 the same repository's history becomes training episodes (``workspace_episodes``). The
 episode's history pieces are the server's write passes (``texts.write_passes``), and writing
-them as the trainer writes them (``episode_tensors``: one segment per pass) gives the very
-state the server saved, for the convention file and for the edit.
+them as the trainer writes them (``episode_tensors``: one segment per pass, each into its
+piece's store) gives the very state the server saved, for the convention file and for the
+edit: an episode's README passes and edit passes build the server's conventions and edits
+states.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import memory
 from dmem_lsp import texts
 from dmem_lsp.workspace_episodes import WorkspaceOptions, workspace_episodes
 from memory.episodes import Episode
-from memory.training import episode_tensors
+from memory.training import EpisodeLoss, episode_tensors
 from tests.dmem_lsp.lsp import server_env, start, stop, wait_for_status
 from tests.dmem_lsp.test_memory_server import disk_states, settled, written
 from tests.memory.helpers import strengthen
@@ -97,10 +99,10 @@ def trainer_state(model_dir: Path, adapter: Path, writes: list[tuple[str, list]]
     for name, pieces in writes:
         episode = Episode(history=tuple(pieces), query=(1,), target=(1,))
         passes, _, _ = episode_tensors(episode, 10**6, segmented=True, device="cpu", chunk_tokens=CHUNK)
-        assert [tuple(ids[0].tolist()) for ids, _ in passes] == list(pieces), "the trainer would cut the pieces again"
-        assert all(set(segments[0].tolist()) == {0} for _, segments in passes), "one segment per pass, as the server"
+        assert [tuple(ids[0].tolist()) for ids, _, _ in passes] == list(pieces), "the trainer would cut them again"
+        assert all(set(segments[0].tolist()) == {0} for _, segments, _ in passes), "one segment per pass, as served"
         with torch.no_grad():
-            for ids, segments in passes:
+            for ids, segments, _ in passes:
                 with mem.writing(name, segments=segments):
                     mem.model(input_ids=ids, use_cache=False, logits_to_keep=1)
     return mem.states()[store]
@@ -129,13 +131,21 @@ async def test_an_edit_is_written_by_the_server_as_the_commit_is_in_training(
     conventions = texts.write_passes(tokenizer, texts.convention("README.md", README), CHUNK)
     ours = trainer_state(talkative_model, ssw_adapter, [("conventions", conventions), ("edits", expected)], "edits")
     torch.testing.assert_close(served["edits"], ours, rtol=1e-4, atol=1e-6)
-    # the commit making the same change enters later episodes' histories as exactly these passes
+    # the commit making the same change enters the next episode's history as exactly these passes, in
+    # edits after README's in conventions: the trainer writing that episode builds the server's states
     (repo / "src" / "app.py").write_text(NEW + "\n\ndef mul(a, b):\n    return a * b\n")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "three")
     try:
-        episodes = workspace_episodes(repo, tokenizer, WorkspaceOptions(write_chunk_tokens=CHUNK))
+        options = WorkspaceOptions(write_chunk_tokens=CHUNK, history_commits=1)
+        last = workspace_episodes(repo, tokenizer, options)[-1]
     finally:
         git(repo, "reset", "-q", "--hard", "HEAD~1")
         (repo / "src" / "app.py").write_text(OLD)
-    last = episodes[-1].history
-    assert any(list(last[i : i + len(expected)]) == expected for i in range(len(last))), "commit two's edit passes"
+    assert list(last.history) == [*conventions, *expected], "README's passes, then commit two's edit passes"
+    assert last.stores == ("conventions",) * len(conventions) + ("edits",) * len(expected)
+    mem = memory.load_adapter(load_tiny_model(talkative_model), ssw_adapter)
+    with torch.no_grad():
+        EpisodeLoss(mem)(*episode_tensors(last, 10**6, segmented=True, device="cpu", chunk_tokens=CHUNK))
+    states = mem.states()
+    torch.testing.assert_close(states["conventions"], served["conventions"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(states["edits"], served["edits"], rtol=1e-4, atol=1e-6)
