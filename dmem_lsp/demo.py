@@ -24,6 +24,7 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -61,20 +62,30 @@ def run_demo() -> int:
     from .demo_model import RECIPE, RecipeError
 
     started = time.monotonic()
+    demo: Demo | None = None
     say("dmem-lsp demo: δ-mem memory in the real server, on a small model, on the CPU, offline.")
     cache = Path(platformdirs.user_cache_dir("dmem-lsp")) / "demo"
     try:
         model, adapter = RECIPE.model(cache, say)
         workspace = prepare_workspace(RECIPE.workspace, cache / RECIPE.name / "workspace")
-        outcome = asyncio.run(Demo(RECIPE, model, adapter, workspace).run())
-    except KeyboardInterrupt:
-        print("\ndmem-lsp demo: stopped (Ctrl-C); its server was stopped too", file=sys.stderr, flush=True)
-        return 130
+        demo = Demo(RECIPE, model, adapter, workspace)
+        outcome = asyncio.run(demo.run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return stopped()
     except (DemoError, RecipeError) as error:
+        if demo is not None and demo.interrupted:  # the server was stopped under a step
+            return stopped()
         print(f"dmem-lsp demo: {error}", file=sys.stderr, flush=True)
         return 1
+    if demo.interrupted:  # a step ended anyway (a cancellation can be lost in Python 3.11's wait_for)
+        return stopped()
     say(f"\nDone in {time.monotonic() - started:.0f} s.")
     return 0 if outcome else 1
+
+
+def stopped() -> int:
+    print("\ndmem-lsp demo: stopped (Ctrl-C); its server was stopped too", file=sys.stderr, flush=True)
+    return 130
 
 
 # -- step 2: the workspace ----------------------------------------------------------------
@@ -179,12 +190,27 @@ class Demo:
         self.args = ["--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.client: DemoClient | None = None
+        self.interrupted = False
+        """Ctrl-C came: the demo ends with 130 whatever the step it stopped did."""
 
     async def run(self) -> bool:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        loop.add_signal_handler(signal.SIGINT, self.interrupt, task)
         try:
             return await self._steps()
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             await self.stop_server(quick=True)
+
+    def interrupt(self, task: asyncio.Task | None) -> None:
+        """Ctrl-C: flag it, cancel the steps and stop the server (SIGTERM: it saves), so that
+        whatever the steps wait on ends now, even where a cancellation is lost."""
+        self.interrupted = True
+        if task is not None:
+            task.cancel()
+        if self.client is not None and self.client._server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.client._server.terminate()
 
     async def _steps(self) -> bool:
         say("[3/6] the server, memory empty:")
