@@ -120,7 +120,7 @@ def state_file(mem: memory.Memory, repeats: int) -> tuple[list[float], list[floa
     """(save seconds, load seconds, bytes) of the state through the server's WorkspaceStore."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["XDG_DATA_HOME"] = tmp  # WorkspaceStore keeps its files under it
-        from dmem_lsp.store import WorkspaceStore
+        from dmem_lsp.workspace.store import WorkspaceStore
 
         store = WorkspaceStore(Path(tmp) / "workspace")
         store.dir.mkdir(parents=True)

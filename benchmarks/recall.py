@@ -521,9 +521,9 @@ STATE_NAME = "state.safetensors"
 
 
 def state_file(directory: Path) -> Any:
-    """The product's state file (``dmem_lsp.store.WorkspaceStore``), kept in ``directory``
+    """The product's state file (``dmem_lsp.workspace.store.WorkspaceStore``), kept in ``directory``
     instead of the user's data folder: its save and load code is the product's, its place ours."""
-    from dmem_lsp.store import WorkspaceStore
+    from dmem_lsp.workspace.store import WorkspaceStore
 
     store = WorkspaceStore(directory)
     store.state_path = directory / STATE_NAME

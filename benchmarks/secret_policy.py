@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dmem_lsp.policy import Policy  # noqa: E402
-from dmem_lsp.settings import MemorySettings  # noqa: E402
+from dmem_lsp.runtime.settings import MemorySettings  # noqa: E402
+from dmem_lsp.workspace.policy import Policy  # noqa: E402
 from tests.dmem_lsp.secret_corpus import innocent, planted  # noqa: E402
 
 

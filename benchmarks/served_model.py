@@ -10,7 +10,7 @@
 
 1. The backbone stands in for a pretrained model, so it must read the server's prompts: it
    trains with the history *in context*, inside the prompt the server's own code builds
-   (``dmem_lsp.prompts.completion_prompt`` over the history's text, then the document before
+   (``dmem_lsp.runtime.prompts.completion_prompt`` over the history's text, then the document before
    the cursor; FIM and chat alike), mixed with plain lookup drills (the history, then answered
    ``<key> = <value>`` lines), with the next-token loss, until (c), the value at the cursor
    with the history in the prompt, reaches 0.95 on validation workspaces in both shapes.
@@ -83,7 +83,7 @@ def tokenizers(out: Path, seed: int) -> dict[str, Any]:
 def prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> list[int]:
     """The server's completion prompt (its shape follows the tokenizer: SEAM for contract 1's
     ``shape=``, which will let one tokenizer build both)."""
-    from dmem_lsp.prompts import completion_prompt
+    from dmem_lsp.runtime.prompts import completion_prompt
 
     return completion_prompt(tokenizer, prefix, suffix, PREFIX_TOKENS, SUFFIX_TOKENS).input_ids
 

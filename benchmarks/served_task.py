@@ -18,7 +18,7 @@ values appeared says nothing about which key holds which. Everything is a functi
 ``random.Random``: the same seed lays out the same workspaces.
 
 The text the server writes for each source is built by ``framed`` (the seam where
-``dmem_lsp/texts.py`` lands, contract 2); ``workspace_recall.py`` checks it against the
+``dmem_lsp/workspace/texts.py`` lands, contract 2); ``workspace_recall.py`` checks it against the
 token counts the real server reports for every write.
 """
 
@@ -198,7 +198,7 @@ def lay_out(workspace: Workspace, root: Path) -> Path:
 def framed(workspace: Workspace) -> list[str]:
     """The texts the server writes for this workspace's facts, one per write event, in order.
 
-    Built with ``dmem_lsp.texts``, the framing the server writes with (``learn_convention``,
+    Built with ``dmem_lsp.workspace.texts``, the framing the server writes with (``learn_convention``,
     ``flush_edit``, ``debug_step``); ``workspace_recall.py`` also checks every one against the
     token count the real server reports for its write, so a drift fails the benchmark loudly.
     """

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from dmem_lsp import assist  # noqa: E402
-from dmem_lsp.engine import Engine, EngineOptions  # noqa: E402
-from dmem_lsp.settings import CompletionSettings  # noqa: E402
-from dmem_lsp.worker import Priority, Worker  # noqa: E402
+from dmem_lsp.runtime.engine import Engine, EngineOptions  # noqa: E402
+from dmem_lsp.runtime.settings import CompletionSettings  # noqa: E402
+from dmem_lsp.runtime.worker import Priority, Worker  # noqa: E402
 from tests.tiny_models import save_talkative_model  # noqa: E402
 
 PREFIX, SUFFIX = "import os\n\ndef add(a, b):\n    return a", "\n"

@@ -1,5 +1,5 @@
 """``python -m dmem_lsp`` is the ``dmem-lsp`` command."""
 
-from .cli import main
+from dmem_lsp.cli.main import main
 
 raise SystemExit(main())

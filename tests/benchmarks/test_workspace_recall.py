@@ -55,7 +55,7 @@ def test_values_are_one_token_and_the_chat_tokenizer_builds_chat_prompts(modules
     task, model, _ = modules
     from transformers import AutoTokenizer
 
-    from dmem_lsp.prompts import completion_prompt
+    from dmem_lsp.runtime.prompts import completion_prompt
 
     task.save_tokenizer(tmp_path / "fim", True)
     task.save_tokenizer(tmp_path / "chat", False)

@@ -21,8 +21,8 @@ from typing import Any
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
 
-from dmem_lsp.prompts import completion_prompt, trim_suffix_overlap
-from dmem_lsp.protocol import as_json as plain  # the client side unwraps custom messages alike
+from dmem_lsp.lsp.protocol import as_json as plain  # the client side unwraps custom messages alike
+from dmem_lsp.runtime.prompts import completion_prompt, trim_suffix_overlap
 
 SERVER = [sys.executable, "-m", "dmem_lsp"]
 TIMEOUT = 180

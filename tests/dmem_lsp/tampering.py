@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from dmem_lsp.store import checksum, read_file
+from dmem_lsp.workspace.store import checksum, read_file
 
 
 def _rewrite(path: Path, change: Callable[[dict, dict], None], rechecksum: bool = False) -> None:

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 import memory
-from dmem_lsp.cli import main
+from dmem_lsp.cli.main import main
 from memory.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 from tests.memory.helpers import strengthen, write_official, written_logits
 from tests.tiny_models import load_tiny_model

@@ -78,7 +78,7 @@ def test_doctor_shows_the_workspace_config(tmp_path):
 
 
 def test_starting_does_not_import_torch():
-    code = "import sys, dmem_lsp.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, dmem_lsp.cli.main; print('torch' in sys.modules, 'transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False False"
 

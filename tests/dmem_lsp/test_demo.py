@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.demo_model import RECIPE
+from dmem_lsp.cli.demo_model import RECIPE
 
 LIMIT = 540
 """Seconds the whole demo may take on a loaded 2-core machine (about 50 s when idle; pytest gives a test 600)."""
@@ -83,7 +83,8 @@ def test_ctrl_c_stops_the_demo_and_its_server(first_run):
 
 def test_the_demo_loads_no_torch_until_it_builds_a_model():
     code = (
-        "import sys, dmem_lsp.demo, dmem_lsp.demo_model; print('torch' in sys.modules, 'transformers' in sys.modules)"
+        "import sys, dmem_lsp.cli.demo, dmem_lsp.cli.demo_model;"
+        " print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.split() == ["False", "False"]
@@ -110,7 +111,7 @@ def shipped_dir(tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_a_shipped_model_is_served_only_as_it_was_recorded(tmp_path):
-    from dmem_lsp.demo_model import RecipeError, Shipped
+    from dmem_lsp.cli.demo_model import RecipeError, Shipped
 
     directory, digest = shipped_dir(tmp_path)
     shipped = Shipped(directory, digest)

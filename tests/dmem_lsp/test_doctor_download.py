@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.engine import EngineError, _resolve_local
+from dmem_lsp.runtime.engine import EngineError, _resolve_local
 
 
 def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

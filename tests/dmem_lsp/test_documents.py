@@ -10,7 +10,7 @@ from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 from pygls.workspace.position_codec import PositionCodec
 
-from dmem_lsp.documents import Document, use_documents
+from dmem_lsp.lsp.documents import Document, use_documents
 from tests.dmem_lsp.test_positions import CountingSource
 
 PIECES = ["ab", "\n", "\r\n", "😋", "é", " ", "xyz", "\u2028", "\r"]

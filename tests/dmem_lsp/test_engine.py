@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import memory
-from dmem_lsp.engine import Engine, EngineError, EngineOptions
+from dmem_lsp.runtime.engine import Engine, EngineError, EngineOptions
 from tests.memory.helpers import strengthen, token_ids
 
 
@@ -93,7 +93,7 @@ def test_errors_say_what_to_do(model_dirs, engine, tmp_path, monkeypatch):
 
 
 def test_workspace_adapters_swap_in_and_refuse_what_cannot_swap(model_dirs, tmp_path):
-    from dmem_lsp.workspace_config import AdapterSource
+    from dmem_lsp.workspace.config import AdapterSource
     from tests.tiny_models import load_tiny_model
 
     model = str(model_dirs["qwen3"])
@@ -142,7 +142,7 @@ def test_workspace_adapters_swap_in_and_refuse_what_cannot_swap(model_dirs, tmp_
 
 
 def test_the_server_writes_with_a_segment_write_adapter(model_dirs, tmp_path):
-    from dmem_lsp.assist import write_memory
+    from dmem_lsp.runtime.assist import write_memory
     from tests.tiny_models import load_tiny_model
 
     mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig(write="segment"))
@@ -179,7 +179,7 @@ def test_a_model_saved_without_its_tokenizer_is_refused_naming_it(model_dirs, tm
 def test_threads_are_set_on_the_thread_that_loads(model_dirs):
     """The server loads on its inference worker, which then runs every job: the count set
     there is the one generation runs with."""
-    from dmem_lsp.worker import Priority, Worker
+    from dmem_lsp.runtime.worker import Priority, Worker
 
     worker = Worker()
     try:
@@ -198,10 +198,10 @@ def test_threads_are_set_on_the_thread_that_loads(model_dirs):
 def test_completions_take_the_prompt_shape_the_adapter_records(model_dirs, tmp_path):
     import shutil
 
-    from dmem_lsp.assist import complete
-    from dmem_lsp.prompts import completion_prompt
-    from dmem_lsp.settings import CompletionSettings
-    from dmem_lsp.workspace_config import AdapterSource
+    from dmem_lsp.runtime.assist import complete
+    from dmem_lsp.runtime.prompts import completion_prompt
+    from dmem_lsp.runtime.settings import CompletionSettings
+    from dmem_lsp.workspace.config import AdapterSource
     from tests.tiny_models import load_tiny_model, save_tiny_tokenizer
 
     mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig())

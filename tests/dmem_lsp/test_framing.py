@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from dmem_lsp.framing import Frame, FrameParser, Junk
-from dmem_lsp.protocol import salvage_request
+from dmem_lsp.lsp.framing import Frame, FrameParser, Junk
+from dmem_lsp.lsp.protocol import salvage_request
 
 
 def body(id_: int | str = 1) -> bytes:

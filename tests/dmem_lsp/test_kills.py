@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from dmem_lsp.store import WorkspaceStore
+from dmem_lsp.workspace.store import WorkspaceStore
 from tests.dmem_lsp.kills import WAIT, Kills, initialize, memory_event
 from tests.dmem_lsp.lsp import RawServer, server_env
 

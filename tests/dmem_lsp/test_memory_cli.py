@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from dmem_lsp.store import WorkspaceStore, state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore, state_sha256
 
 SHAPE = (2, 1, 8, 8)
 FINGERPRINT = {
@@ -26,7 +26,7 @@ FINGERPRINT = {
     "config": {"stores": ["conventions", "debug", "edits"]},
 }
 RUN = (
-    "import sys; from dmem_lsp.cli import main; code = main(sys.argv[1:]); "
+    "import sys; from dmem_lsp.cli.main import main; code = main(sys.argv[1:]); "
     "print('torch imported:', 'torch' in sys.modules, file=sys.stderr); sys.exit(code)"
 )
 

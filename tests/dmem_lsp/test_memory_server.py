@@ -23,7 +23,7 @@ import torch
 from lsprotocol import types
 from safetensors.torch import load_file
 
-from dmem_lsp.store import state_sha256
+from dmem_lsp.workspace.store import state_sha256
 from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_memory, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -371,7 +371,7 @@ async def test_export_and_import_refuse_another_adapter(box, tmp_path):
     other.mkdir()
     imported = await asyncio.to_thread(run_cli, box, "memory", "import", str(snapshot), "--workspace", str(other))
     assert imported.returncode == 0, imported.stderr
-    from dmem_lsp.snapshots import read_snapshot, write_snapshot
+    from dmem_lsp.workspace.snapshots import read_snapshot, write_snapshot
 
     store, tensor, fingerprint, tokens = read_snapshot(snapshot)
     forged = tmp_path / "forged.safetensors"

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from dmem_lsp.policy import Policy, is_convention_file, secret_in_text
+from dmem_lsp.workspace.policy import Policy, is_convention_file, secret_in_text
 
 
 @pytest.fixture

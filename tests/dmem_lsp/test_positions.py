@@ -10,7 +10,7 @@ from lsprotocol import types
 from pygls.workspace import TextDocument
 from pygls.workspace.position_codec import PositionCodec
 
-from dmem_lsp.positions import offset_at
+from dmem_lsp.lsp.positions import offset_at
 
 TEXTS = {
     "empty": "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmem_lsp.prompts import (
+from dmem_lsp.runtime.prompts import (
     completion_prompt,
     explain_prompt,
     is_multiline,

@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from dmem_lsp.framing import Frame
+from dmem_lsp.lsp.framing import Frame
 from tests.dmem_lsp.lsp import RawServer, server_env
 
 POSITION = {"line": 0, "character": 0}
@@ -319,7 +319,7 @@ def test_an_internal_error_is_one_line_and_its_traceback_stays_in_the_log(caplog
     """In this process: a handler that raises what no handler of the server raises on purpose."""
     from pygls.io_ import StdoutWriter
 
-    from dmem_lsp.features import create_server
+    from dmem_lsp.lsp.features import create_server
 
     server = create_server({})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dmem_lsp import secret_scan
-from dmem_lsp.policy import Policy
+from dmem_lsp.workspace.policy import Policy
 from tests.dmem_lsp.secret_corpus import KINDS, PRIVATE_KEYS, innocent, planted
 
 PLANTS = planted(seed=0)
@@ -133,7 +133,10 @@ def test_scans_on_several_threads_agree(policy):
 
 
 def test_starting_the_server_does_not_import_detect_secrets():
-    code = "import sys, dmem_lsp.server, dmem_lsp.cli, dmem_lsp.policy; print('detect_secrets' in sys.modules)"
+    code = (
+        "import sys, dmem_lsp.lsp.server, dmem_lsp.cli.main, dmem_lsp.workspace.policy;"
+        " print('detect_secrets' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT
     )

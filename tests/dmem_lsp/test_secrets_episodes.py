@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from transformers import AutoTokenizer
 
-from dmem_lsp.workspace_episodes import workspace_episodes
+from dmem_lsp.cli.episodes import workspace_episodes
 
 PASSWORD = "Hunter2Passw0rdQ"
 KEY = "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"

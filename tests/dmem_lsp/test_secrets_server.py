@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from dmem_lsp.policy import Policy
+from dmem_lsp.workspace.policy import Policy
 from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_memory, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

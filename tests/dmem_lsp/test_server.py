@@ -17,8 +17,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pygls.uris import to_fs_path
 
-from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import explain_prompt, is_multiline
+from dmem_lsp.runtime.engine import Engine, EngineOptions
+from dmem_lsp.runtime.prompts import explain_prompt, is_multiline
 from tests.dmem_lsp.lsp import TIMEOUT, expected_completion, plain, server_env, start, stop, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

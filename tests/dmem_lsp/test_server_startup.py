@@ -8,8 +8,8 @@ import pytest
 from lsprotocol import types
 
 import memory
-from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import completion_prompt
+from dmem_lsp.runtime.engine import Engine, EngineOptions
+from dmem_lsp.runtime.prompts import completion_prompt
 from tests.dmem_lsp.lsp import TIMEOUT, server_env, start, stop, wait_for_status
 from tests.tiny_models import load_tiny_model
 

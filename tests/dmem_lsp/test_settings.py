@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmem_lsp.settings import Settings, merge, parse_settings, torch_threads
+from dmem_lsp.runtime.settings import Settings, merge, parse_settings, torch_threads
 
 
 def test_defaults_without_settings():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.cli import STORES, build_parser
+from dmem_lsp.cli.main import STORES, build_parser
 from memory.config import DEFAULT_STORES
 
 NEOVIM = Path(__file__).resolve().parents[2] / "editors" / "neovim"

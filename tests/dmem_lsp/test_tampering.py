@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dmem_lsp.snapshots import read_snapshot, write_snapshot
-from dmem_lsp.store import StoreError, WorkspaceStore
+from dmem_lsp.workspace.snapshots import read_snapshot, write_snapshot
+from dmem_lsp.workspace.store import StoreError, WorkspaceStore
 from tests.dmem_lsp.tampering import SNAPSHOT_VARIANTS, STATE_VARIANTS, sample_states
 
 FINGERPRINT = {"backbone": {"id": "tiny", "model_type": "qwen3", "num_layers": 2}, "adapter_sha256": "a" * 64,

@@ -94,13 +94,13 @@ def test_the_server_stderr_holds_no_progress_bars_or_deprecation_warnings(talkat
 
 QUIET_CHECK = """
 import logging, sys, warnings
-from dmem_lsp.cli import configure_logging
+from dmem_lsp.cli.main import configure_logging
 configure_logging(int(sys.argv[1]), None)
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
     "Failed to load CPU gemm_4bit_forward: No module named 'kernels'"
 )
 warnings.warn("`past_key_values` is deprecated", FutureWarning)
-logging.getLogger("dmem_lsp.server").warning("a warning of our own")
+logging.getLogger("dmem_lsp.lsp.server").warning("a warning of our own")
 """
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from dmem_lsp.worker import Priority, Worker
+from dmem_lsp.runtime.worker import Priority, Worker
 
 WAIT = 30
 

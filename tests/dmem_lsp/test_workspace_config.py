@@ -19,9 +19,9 @@ import torch
 from lsprotocol import types
 from safetensors.torch import load_file, safe_open
 
-from dmem_lsp.policy import Policy
-from dmem_lsp.settings import MemorySettings
-from dmem_lsp.workspace_config import WorkspaceConfigError, read_workspace_config
+from dmem_lsp.runtime.settings import MemorySettings
+from dmem_lsp.workspace.config import WorkspaceConfigError, read_workspace_config
+from dmem_lsp.workspace.policy import Policy
 from tests.dmem_lsp.lsp import (
     TIMEOUT,
     expected_completion,
@@ -147,7 +147,7 @@ def publish_to_hub_cache(hf_home: Path, repo: str, revision: str, directory: Pat
 
 def adapter_sha256(directory: Path) -> str:
     import memory
-    from dmem_lsp.engine import _tensors_sha256
+    from dmem_lsp.runtime.engine import _tensors_sha256
 
     _, tensors, _ = memory.read_adapter(directory)
     return _tensors_sha256({name: tensor.float() for name, tensor in tensors.items()})
@@ -249,7 +249,7 @@ async def completion(client, path: Path) -> str:
 
 
 def expected(model: Path, adapter: Path | None, states: dict[str, torch.Tensor] | None) -> str:
-    from dmem_lsp.engine import Engine, EngineOptions
+    from dmem_lsp.runtime.engine import Engine, EngineOptions
 
     engine = Engine.load(EngineOptions(model=str(model), adapter=str(adapter) if adapter else None, device="cpu"))
     if states is not None:

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from transformers import AutoTokenizer
 
-from dmem_lsp.cli import main
-from dmem_lsp.workspace_episodes import WorkspaceOptions, workspace_episodes
+from dmem_lsp.cli.episodes import WorkspaceOptions, workspace_episodes
+from dmem_lsp.cli.main import main
 from memory.episodes import EpisodeError
 
 SECRET = "sk-Zq8Lw2Xv9Rt4Yp7Nm3Kb6Hd1Jf5Gc0Ae"

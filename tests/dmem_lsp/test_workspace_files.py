@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dmem_lsp.settings import parse_settings
-from dmem_lsp.workspace_config import read_workspace_config
+from dmem_lsp.runtime.settings import parse_settings
+from dmem_lsp.workspace.config import read_workspace_config
 
 
 def test_a_config_that_is_a_directory_is_ignored_with_a_warning(tmp_path):

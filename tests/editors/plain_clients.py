@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import is_multiline
+from dmem_lsp.runtime.engine import Engine, EngineOptions
+from dmem_lsp.runtime.prompts import is_multiline
 from tests.dmem_lsp.lsp import expected_completion
 
 SOURCE = "import os\n\n\ndef add(a, b):\n    return \n"

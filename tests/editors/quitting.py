@@ -19,7 +19,7 @@ from unittest import mock
 
 import numpy as np
 
-from dmem_lsp.store import WorkspaceStore
+from dmem_lsp.workspace.store import WorkspaceStore
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.engine import Engine, EngineOptions
-from dmem_lsp.prompts import is_multiline
+from dmem_lsp.runtime.engine import Engine, EngineOptions
+from dmem_lsp.runtime.prompts import is_multiline
 from tests.dmem_lsp.lsp import expected_completion, server_env
 from tests.editors.quitting import assert_edit_saved, memory_files, server_pid, wait_for_exit
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.settings import Settings
+from dmem_lsp.runtime.settings import Settings
 from tests.dmem_lsp.lsp import SERVER, server_env
 
 EXTENSION = Path(__file__).resolve().parents[2] / "editors" / "vscode"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import Saved, StoreError, WorkspaceStore, record_import, record_reset, state_sha256
+from dmem_lsp.workspace.store import Saved, StoreError, WorkspaceStore, record_import, record_reset, state_sha256
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
 
@@ -123,7 +123,7 @@ def memory_status(workspace: Path) -> int:
 
 
 def export_store(workspace: Path, store: str, output: Path) -> int:
-    from .snapshots import write_snapshot
+    from dmem_lsp.workspace.snapshots import write_snapshot
 
     files = WorkspaceStore(workspace)
     if not files.state_path.exists():
@@ -143,7 +143,7 @@ def export_store(workspace: Path, store: str, output: Path) -> int:
 
 
 def import_store(workspace: Path, snapshot: Path) -> int:
-    from .snapshots import check_fingerprint, read_snapshot
+    from dmem_lsp.workspace.snapshots import check_fingerprint, read_snapshot
 
     files = WorkspaceStore(workspace)
     try:

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import texts
-from .prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
-from .settings import CompletionSettings, ExplainSettings
+from dmem_lsp.runtime.prompts import completion_prompt, explain_prompt, is_multiline, trim_suffix_overlap
+from dmem_lsp.runtime.settings import CompletionSettings, ExplainSettings
+from dmem_lsp.workspace import texts
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from dmem_lsp.runtime.engine import Engine
 
 __all__ = ["Answer", "complete", "explain", "word_before", "tokenize_for_write", "write_memory", "NO_EXPLANATION"]
 

@@ -33,7 +33,7 @@ from lsprotocol.types import ErrorCodes
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
-from .framing import Frame, Junk
+from dmem_lsp.lsp.framing import Frame, Junk
 
 __all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json", "salvage_request"]
 

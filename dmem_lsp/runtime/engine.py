@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 import memory
-
-from .fingerprint import Backbone, Fingerprint, make_fingerprint
-from .locations import is_hub_id, local_directory, looks_like_path, missing_directory
-from .prompts import prompt_shape, recorded_shape
-from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
-from .workspace_config import AdapterSource
+from dmem_lsp.runtime.fingerprint import Backbone, Fingerprint, make_fingerprint
+from dmem_lsp.runtime.locations import is_hub_id, local_directory, looks_like_path, missing_directory
+from dmem_lsp.runtime.prompts import prompt_shape, recorded_shape
+from dmem_lsp.runtime.settings import DEFAULT_ADAPTER, DEFAULT_MODEL
+from dmem_lsp.workspace.config import AdapterSource
 
 __all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "LoadedAdapter", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
 
@@ -40,7 +39,7 @@ def _check_tokenizer(tokenizer: Any, model_dir: Any) -> None:
 
     ``AutoTokenizer`` returns an empty tokenizer for a directory without tokenizer files;
     served as it is, every write would be 0 tokens and every completion would fail."""
-    from .prompts import FIM_TOKENS
+    from dmem_lsp.runtime.prompts import FIM_TOKENS
 
     if not tokenizer.encode("def f(x):\n    return x", add_special_tokens=False):
         raise EngineError(
@@ -98,7 +97,7 @@ def _resolve_local(name: str, what: str, flag: str, revision: str | None = None)
         )
     from huggingface_hub import snapshot_download
 
-    from .download import download_command
+    from dmem_lsp.runtime.download import download_command
 
     try:
         return snapshot_download(name, revision=revision)

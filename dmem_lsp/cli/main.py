@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dmem_lsp import __version__
+from dmem_lsp.cli import adapter as adapter_cli
+from dmem_lsp.runtime.settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 from memory.config import DEFAULT_STORES as STORES  # the store names, defined once (torch-free)
-
-from . import __version__, adapter_cli
-from .settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 DESCRIPTION = (
     "A local coding assistant served as a language server (VS Code, Neovim), "
@@ -163,7 +163,7 @@ def explain_in_a_terminal(tcp: bool) -> None:
         return
     signal.signal(signal.SIGINT, _stop_at_once)
     if not tcp:
-        checkout = Path(__file__).resolve().parent.parent
+        checkout = Path(__file__).resolve().parents[2]
         root = str(checkout) if (checkout / "editors").is_dir() else "/path/to/dmem-lsp"  # a clone, or installed
         print(TERMINAL_BANNER.format(version=__version__, root=root), file=sys.stderr, flush=True)
 
@@ -188,22 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.log_file)
     if args.command == "doctor":
-        from .doctor import run_doctor
+        from dmem_lsp.cli.doctor import run_doctor
 
         return run_doctor(overrides_from(args))
     if args.command == "demo":
-        from .demo import run_demo
+        from dmem_lsp.cli.demo import run_demo
 
         return run_demo()
     if args.command == "download":
-        from .download import run_download
+        from dmem_lsp.runtime.download import run_download
 
         return run_download(overrides_from(args), args.download_model, args.download_adapter, args.download_revision)
     if args.command == "adapter":
         return adapter_cli.run(args)
     if args.reset_memory or args.command == "memory":
-        from . import memory_cli
-        from .roots import workspace_root
+        from dmem_lsp.cli import memory as memory_cli
+        from dmem_lsp.workspace.roots import workspace_root
 
         given = getattr(args, "memory_workspace", None) or args.workspace
         workspace = Path(given) if given else workspace_root(Path.cwd())
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return memory_cli.import_store(workspace, Path(args.file))
     quiet_progress_bars()
     explain_in_a_terminal(args.tcp)
-    from .features import create_server
+    from dmem_lsp.lsp.features import create_server
 
     server = create_server(overrides_from(args))
     if args.tcp:

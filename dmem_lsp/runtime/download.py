@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .locations import is_hub_id
-from .settings import parse_settings
+from dmem_lsp.runtime.locations import is_hub_id
+from dmem_lsp.runtime.settings import parse_settings
 
 __all__ = ["run_download", "download_command"]
 
@@ -105,8 +105,8 @@ def run_download(overrides: dict, model: str | None, adapter: str | None, revisi
 
 def _workspace_adapter() -> list[tuple[str, str, str | None]]:
     """The hub adapter the current repository's ``.dmem/config.toml`` names, if any."""
-    from .roots import workspace_root
-    from .workspace_config import WorkspaceConfigError, read_workspace_config
+    from dmem_lsp.workspace.config import WorkspaceConfigError, read_workspace_config
+    from dmem_lsp.workspace.roots import workspace_root
 
     try:
         config, _ = read_workspace_config(workspace_root(Path.cwd()))

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .fingerprint import Fingerprint, describe
-from .store import StoreError, _as_float32, _atomic_write, _serialize, checksum, read_file, verify
+from dmem_lsp.runtime.fingerprint import Fingerprint, describe
+from dmem_lsp.workspace.store import StoreError, _as_float32, _atomic_write, _serialize, checksum, read_file, verify
 
 __all__ = ["check_fingerprint", "read_snapshot", "write_snapshot"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 
-from .positions import LineCache, offset_at
+from dmem_lsp.lsp.positions import LineCache, offset_at
 
 __all__ = ["Document", "use_documents"]
 

@@ -35,9 +35,9 @@ import platformdirs
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from .learning import MEMORY_EVENT
-from .protocol import as_json
-from .server import STATUS
+from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.lsp.server import STATUS
+from dmem_lsp.workspace.learning import MEMORY_EVENT
 
 __all__ = ["run_demo"]
 
@@ -59,7 +59,7 @@ def say(text: str = "") -> None:
 
 def run_demo() -> int:
     """The whole demo; 0 when memory recalled (or, untrained, changed), persisted and reset as it should."""
-    from .demo_model import RECIPE, RecipeError
+    from dmem_lsp.cli.demo_model import RECIPE, RecipeError
 
     started = time.monotonic()
     demo: Demo | None = None
@@ -101,7 +101,7 @@ def prepare_workspace(spec: Any, root: Path) -> Path:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    from . import memory_cli
+    from dmem_lsp.cli import memory as memory_cli
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         memory_cli.reset_memory(root, None)  # what an interrupted run left (no memory yet: nothing to do)

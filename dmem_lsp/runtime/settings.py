@@ -137,7 +137,7 @@ class Settings:
 
     def engine_options(self):
         """The ``EngineOptions`` these settings ask for (imports the engine: torch)."""
-        from .engine import EngineOptions
+        from dmem_lsp.runtime.engine import EngineOptions
 
         return EngineOptions(
             model=self.model,

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import pathspec
 
-from . import secret_scan
+from dmem_lsp.workspace import secret_scan
 
 __all__ = ["Policy", "Refusal", "Verdict", "is_convention_file", "secret_in_text", "IGNORED_DIRECTORIES"]
 

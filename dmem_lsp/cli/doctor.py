@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .download import download_command
-from .locations import is_hub_id, local_directory, missing_directory
-from .roots import workspace_root
-from .settings import parse_settings, torch_threads
-from .store import memory_root
+from dmem_lsp import __version__
+from dmem_lsp.runtime.download import download_command
+from dmem_lsp.runtime.locations import is_hub_id, local_directory, missing_directory
+from dmem_lsp.runtime.settings import parse_settings, torch_threads
+from dmem_lsp.workspace.roots import workspace_root
+from dmem_lsp.workspace.store import memory_root
 
 __all__ = ["run_doctor"]
 
@@ -73,9 +73,8 @@ def _local(name: str) -> Path | None:
 
 def _prompt_line(model: str, adapter: str) -> str:
     """Which completion prompt shape the server would build (fim or chat), and why."""
+    from dmem_lsp.runtime.prompts import recorded_shape, shape_reason
     from memory.adapter_io import CONFIG_NAME, OFFICIAL_CONFIG_NAME
-
-    from .prompts import recorded_shape, shape_reason
 
     meta = None
     if adapter.lower() != "none":
@@ -113,7 +112,7 @@ def _fetch_hint(what: str, name: str, flag: str, revision: str | None = None) ->
 
 def _workspace_config(lines: list[str], hints: list[str]) -> bool:
     """The ``.dmem/config.toml`` of the workspace folder here; True when it names an adapter that is here."""
-    from .workspace_config import CONFIG_PATH, WorkspaceConfigError, read_workspace_config
+    from dmem_lsp.workspace.config import CONFIG_PATH, WorkspaceConfigError, read_workspace_config
 
     root = workspace_root(Path.cwd())
     lines.append(f"workspace folder: {root} (as an editor opens it here)")

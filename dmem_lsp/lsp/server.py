@@ -35,17 +35,17 @@ from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from . import __version__
-from .assist import Answer
-from .framing import CHUNK, serve, stdin_chunks
-from .learning import Learner
-from .protocol import DmemProtocol, QuietExpectedErrors, as_json
-from .settings import ENGINE_KEYS, Settings, merge, parse_settings
-from .worker import Priority, Worker
-from .workspace_config import AdapterSource, WorkspaceConfigError, read_workspace_config
+from dmem_lsp import __version__
+from dmem_lsp.lsp.framing import CHUNK, serve, stdin_chunks
+from dmem_lsp.lsp.protocol import DmemProtocol, QuietExpectedErrors, as_json
+from dmem_lsp.runtime.assist import Answer
+from dmem_lsp.runtime.settings import ENGINE_KEYS, Settings, merge, parse_settings
+from dmem_lsp.runtime.worker import Priority, Worker
+from dmem_lsp.workspace.config import AdapterSource, WorkspaceConfigError, read_workspace_config
+from dmem_lsp.workspace.learning import Learner
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from dmem_lsp.runtime.engine import Engine
 
 __all__ = ["DmemServer", "RequestFailed", "STATUS"]
 
@@ -180,7 +180,7 @@ class DmemServer(LanguageServer):
         prefer = self.preferred_adapter()
 
         def load(should_stop: Callable[[], bool]) -> Engine:
-            from .engine import Engine  # imports torch: only ever on the worker
+            from dmem_lsp.runtime.engine import Engine  # imports torch: only ever on the worker
 
             return Engine.load(settings.engine_options(), progress=report, prefer=prefer)
 

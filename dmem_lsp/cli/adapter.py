@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .settings import DEFAULT_MODEL
+from dmem_lsp.runtime.settings import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
 
@@ -105,11 +105,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out ``dmem-lsp adapter ...``; every expected failure is one line on stderr."""
     import memory
+    from dmem_lsp.runtime.engine import EngineError
     from memory.checkpoints import CheckpointError
     from memory.episodes import EpisodeError
     from memory.training import TrainingError
-
-    from .engine import EngineError
 
     expected = (memory.AdapterError, CheckpointError, EpisodeError, TrainingError, EngineError, ValueError, OSError)
     try:
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resolve(name: str, command: str) -> Path:
-    from .engine import _resolve_local
+    from dmem_lsp.runtime.engine import _resolve_local
 
     return Path(_resolve_local(name, "adapter", f"dmem-lsp adapter {command}"))
 
@@ -135,12 +134,11 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     import memory
+    from dmem_lsp.cli.episodes import WorkspaceOptions, workspace_episodes
+    from dmem_lsp.runtime.engine import Engine, EngineOptions
+    from dmem_lsp.runtime.prompts import prompt_shape
     from memory.episodes import read_conversations, split_episodes
     from memory.training import TrainOptions, make_accelerator, train
-
-    from .engine import Engine, EngineOptions
-    from .prompts import prompt_shape
-    from .workspace_episodes import WorkspaceOptions, workspace_episodes
 
     options = TrainOptions(
         steps=args.steps, epochs=args.epochs, lr=args.lr, grad_accum=args.grad_accum, write_tokens=args.write_tokens,
@@ -201,9 +199,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _describe(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(config, tensors, report): everything ``info`` shows, read through ``read_adapter``'s checks."""
+    from dmem_lsp.runtime.prompts import recorded_shape
     from memory.adapter_io import OFFICIAL_WEIGHTS_NAME, read_adapter, shapes_of
-
-    from .prompts import recorded_shape
 
     config, tensors, meta = read_adapter(path)
     official = meta.get("format") == "official"

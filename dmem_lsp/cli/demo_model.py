@@ -157,7 +157,7 @@ class StandIn:
 
 # -- the shipped, trained model -------------------------------------------------------------
 
-SHIPPED = Path(__file__).resolve().parent / "demo_data"
+SHIPPED = Path(__file__).resolve().parent.parent / "demo_data"
 SHIPPED_SHA256 = ""
 """sha256 of ``demo_data/SHA256SUMS``, as ``scripts/make-demo-model`` printed it."""
 

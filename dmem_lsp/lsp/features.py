@@ -19,12 +19,14 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
-from . import assist, explanations, texts
-from .documents import use_documents
-from .learning import log_failure, looks_like_an_error
-from .prompts import MAX_CHARS_PER_TOKEN, window
-from .protocol import as_json
-from .server import DmemServer, RequestFailed
+from dmem_lsp.lsp import explanations
+from dmem_lsp.lsp.documents import use_documents
+from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.lsp.server import DmemServer, RequestFailed
+from dmem_lsp.runtime import assist
+from dmem_lsp.runtime.prompts import MAX_CHARS_PER_TOKEN, window
+from dmem_lsp.workspace import texts
+from dmem_lsp.workspace.learning import log_failure, looks_like_an_error
 
 __all__ = ["create_server", "EXPLAIN", "EXPLAIN_COMMAND"]
 

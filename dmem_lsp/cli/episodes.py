@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dmem_lsp.runtime.prompts import SHAPES, completion_prompt
+from dmem_lsp.runtime.settings import CompletionSettings, MemorySettings
+from dmem_lsp.workspace import texts
+from dmem_lsp.workspace.policy import IGNORED_DIRECTORIES, Policy, is_convention_file
 from memory.episodes import Episode, EpisodeError
-
-from . import texts
-from .policy import IGNORED_DIRECTORIES, Policy, is_convention_file
-from .prompts import SHAPES, completion_prompt
-from .settings import CompletionSettings, MemorySettings
 
 __all__ = ["WorkspaceOptions", "workspace_episodes"]
 

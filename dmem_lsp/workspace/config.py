@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from .settings import MemorySettings, _check
+from dmem_lsp.runtime.settings import MemorySettings, _check
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -41,7 +41,7 @@ from typing import Any, cast
 import filelock
 import platformdirs
 
-from .fingerprint import Fingerprint, describe, differences, fingerprint_id
+from dmem_lsp.runtime.fingerprint import Fingerprint, describe, differences, fingerprint_id
 
 __all__ = [
     "AUDIT_LIMIT", "Saved", "StoreError", "checksum", "fingerprint_id", "read_file", "record_import", "record_reset",

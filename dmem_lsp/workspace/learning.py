@@ -43,16 +43,25 @@ from pygls.uris import to_fs_path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import assist, texts
-from .policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
-from .store import StoreError, WorkspaceStore, _atomic_write, now, record_import, record_reset, state_sha256
-from .worker import Priority
-from .workspace_config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
+from dmem_lsp.runtime import assist
+from dmem_lsp.runtime.worker import Priority
+from dmem_lsp.workspace import texts
+from dmem_lsp.workspace.config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
+from dmem_lsp.workspace.policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
+from dmem_lsp.workspace.store import (
+    StoreError,
+    WorkspaceStore,
+    _atomic_write,
+    now,
+    record_import,
+    record_reset,
+    state_sha256,
+)
 
 if TYPE_CHECKING:
-    from .engine import LoadedAdapter
-    from .server import DmemServer
-    from .settings import MemorySettings
+    from dmem_lsp.lsp.server import DmemServer
+    from dmem_lsp.runtime.engine import LoadedAdapter
+    from dmem_lsp.runtime.settings import MemorySettings
 
 __all__ = ["Learner", "WorkspaceMemory", "MEMORY_EVENT", "looks_like_an_error"]
 
@@ -712,7 +721,7 @@ class Learner:
         self.notify(memory, "reset", stores=stores)
 
     async def import_store(self, memory: WorkspaceMemory, snapshot: Path, source: str) -> str:
-        from .snapshots import check_fingerprint, read_snapshot
+        from dmem_lsp.workspace.snapshots import check_fingerprint, read_snapshot
 
         store, tensor, fingerprint, tokens = read_snapshot(snapshot)
         check_fingerprint(snapshot, fingerprint, memory.fingerprint, "this folder's")

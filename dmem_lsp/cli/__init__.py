@@ -1,0 +1,1 @@
+"""The command line: ``main`` (serve, and the dispatch), ``adapter``, ``memory``, ``doctor``, ``demo``, episodes."""
