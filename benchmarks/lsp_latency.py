@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from dmem_lsp import assist  # noqa: E402
+from dmem_lsp.runtime import assist  # noqa: E402
 from dmem_lsp.runtime.engine import Engine, EngineOptions  # noqa: E402
 from dmem_lsp.runtime.settings import CompletionSettings, cpu_cores, torch_threads  # noqa: E402
 from tests.dmem_lsp.lsp import RawServer, server_env  # noqa: E402

@@ -202,7 +202,7 @@ def framed(workspace: Workspace) -> list[str]:
     ``flush_edit``, ``debug_step``); ``workspace_recall.py`` also checks every one against the
     token count the real server reports for its write, so a drift fails the benchmark loudly.
     """
-    from dmem_lsp import texts
+    from dmem_lsp.workspace import texts
 
     if workspace.source == "conventions":
         return [texts.convention("README.md", workspace.files["README.md"])]

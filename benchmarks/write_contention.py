@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dmem_lsp import assist  # noqa: E402
+from dmem_lsp.runtime import assist  # noqa: E402
 from dmem_lsp.runtime.engine import Engine, EngineOptions  # noqa: E402
 from dmem_lsp.runtime.settings import CompletionSettings  # noqa: E402
 from dmem_lsp.runtime.worker import Priority, Worker  # noqa: E402

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dmem_lsp import memory_cli
+from dmem_lsp.cli import memory as memory_cli
 from dmem_lsp.workspace.store import WorkspaceStore, state_sha256
 
 FINGERPRINT = {"backbone": {"id": "tiny", "num_layers": 2}, "adapter_sha256": "a" * 64, "config": {"rank": 8}}

@@ -22,8 +22,8 @@ import transformers
 from lsprotocol import types
 
 import memory
-from dmem_lsp import texts
 from dmem_lsp.cli.episodes import WorkspaceOptions, workspace_episodes
+from dmem_lsp.workspace import texts
 from memory.episodes import Episode
 from memory.training import EpisodeLoss, episode_tensors
 from tests.dmem_lsp.lsp import server_env, start, stop, wait_for_status
