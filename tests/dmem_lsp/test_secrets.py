@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp import secret_scan
+from dmem_lsp.workspace import secret_scan
 from dmem_lsp.workspace.policy import Policy
 from tests.dmem_lsp.secret_corpus import KINDS, PRIVATE_KEYS, innocent, planted
 
