@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dmem_lsp import memory_cli
+from dmem_lsp.cli import memory as memory_cli
 from dmem_lsp.workspace.state_file import state_sha256
 from dmem_lsp.workspace.store import WorkspaceStore
 
