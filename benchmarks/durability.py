@@ -31,8 +31,9 @@ from tests.dmem_lsp.lsp import server_env  # noqa: E402
 
 def tampering(directory: Path) -> tuple[int, int, list[str]]:
     """(refused, tried, what was accepted)."""
+    from dmem_lsp.workspace.files import StoreError
     from dmem_lsp.workspace.snapshots import read_snapshot, write_snapshot
-    from dmem_lsp.workspace.store import StoreError, WorkspaceStore
+    from dmem_lsp.workspace.store import WorkspaceStore
     from tests.dmem_lsp.tampering import SNAPSHOT_VARIANTS, STATE_VARIANTS, sample_states
 
     fingerprint = {"backbone": {"id": "tiny", "model_type": "qwen3"}, "adapter_sha256": "a" * 64, "config": {"rank": 8}}

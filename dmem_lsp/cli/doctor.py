@@ -22,8 +22,8 @@ from dmem_lsp import __version__
 from dmem_lsp.runtime.download import download_command
 from dmem_lsp.runtime.locations import is_hub_id, local_directory, missing_directory
 from dmem_lsp.runtime.settings import parse_settings, torch_threads
+from dmem_lsp.workspace.files import memory_root
 from dmem_lsp.workspace.roots import workspace_root
-from dmem_lsp.workspace.store import memory_root
 
 __all__ = ["run_doctor"]
 

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dmem_lsp.workspace.store import Saved, StoreError, WorkspaceStore, record_import, record_reset, state_sha256
+from dmem_lsp.workspace.files import StoreError
+from dmem_lsp.workspace.manifest import record_import, record_reset
+from dmem_lsp.workspace.state_file import Saved, state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
 

@@ -47,16 +47,11 @@ from dmem_lsp.runtime import assist
 from dmem_lsp.runtime.worker import Priority
 from dmem_lsp.workspace import texts
 from dmem_lsp.workspace.config import CONFIG_PATH, WorkspaceConfig, WorkspaceConfigError, read_workspace_config
+from dmem_lsp.workspace.files import StoreError, atomic_write
+from dmem_lsp.workspace.manifest import now, record_import, record_reset
 from dmem_lsp.workspace.policy import IGNORED_DIRECTORIES, Policy, Refusal, Verdict
-from dmem_lsp.workspace.store import (
-    StoreError,
-    WorkspaceStore,
-    _atomic_write,
-    now,
-    record_import,
-    record_reset,
-    state_sha256,
-)
+from dmem_lsp.workspace.state_file import state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore
 
 if TYPE_CHECKING:
     from dmem_lsp.lsp.server import DmemServer
@@ -768,7 +763,7 @@ class Learner:
                 raise StoreError(f"unknown request {request.get('action')!r}")
         except (StoreError, KeyError, ValueError) as error:
             result = {"ok": False, "message": str(error)}
-        _atomic_write(result_path, json.dumps(result).encode())
+        atomic_write(result_path, json.dumps(result).encode())
         path.unlink(missing_ok=True)
 
     def status(self, memory: WorkspaceMemory, last: int = 5) -> dict[str, Any]:

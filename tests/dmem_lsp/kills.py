@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmem_lsp.workspace.store import StoreError, WorkspaceStore
+from dmem_lsp.workspace.files import StoreError
+from dmem_lsp.workspace.store import WorkspaceStore
 from tests.dmem_lsp.lsp import RawServer
 
 CONVENTIONS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from dmem_lsp.workspace.store import checksum, read_file
+from dmem_lsp.workspace.state_file import checksum, read_file
 
 
 def _rewrite(path: Path, change: Callable[[dict, dict], None], rechecksum: bool = False) -> None:
@@ -64,6 +64,11 @@ def infinite(tensors, metadata):
     tensors[name].view(-1)[-1] = float("inf")
 
 
+def half(tensors, metadata):
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].half()
+
+
 def drop_checksum(tensors, metadata):
     metadata.pop("checksum")
 
@@ -85,6 +90,7 @@ STATE_VARIANTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "scaled by 1e6 under the copied fingerprint": (lambda p: _rewrite(p, scale), "fails its checksum"),
     "NaN, checksum recomputed": (lambda p: _rewrite(p, nan, rechecksum=True), "NaN or Inf values in conventions"),
     "Inf, checksum recomputed": (lambda p: _rewrite(p, infinite, rechecksum=True), "NaN or Inf values in edits"),
+    "float16, checksum recomputed": (lambda p: _rewrite(p, half, rechecksum=True), "not float32: conventions"),
     "checksum removed": (lambda p: _rewrite(p, drop_checksum), "carries no checksum"),
 }
 """{variant: (tamper with a state file, what the refusal says)}."""
@@ -95,6 +101,8 @@ SNAPSHOT_VARIANTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "token count changed": (lambda p: _rewrite(p, more_tokens), "fails its checksum"),
     "scaled by 1e6 under the copied fingerprint": (lambda p: _rewrite(p, scale), "fails its checksum"),
     "NaN, checksum recomputed": (lambda p: _rewrite(p, nan, rechecksum=True), "NaN or Inf values in state"),
+    "float16, checksum recomputed": (lambda p: _rewrite(p, half, rechecksum=True), "not float32: state"),
+    "truncated": (truncate, "cannot be read"),
     "checksum removed": (lambda p: _rewrite(p, drop_checksum), "carries no checksum"),
 }
 

@@ -25,7 +25,8 @@ import time
 import pytest
 import torch
 
-from dmem_lsp.workspace.store import WorkspaceStore, state_sha256
+from dmem_lsp.workspace.state_file import state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore
 from tests.dmem_lsp.kills import OPTIONS as FAST
 from tests.dmem_lsp.kills import initialize, learning_ended, memory_event
 from tests.dmem_lsp.lsp import TIMEOUT, RawServer, server_env

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from dmem_lsp.workspace.store import WorkspaceStore, state_sha256
+from dmem_lsp.workspace.state_file import state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore
 
 SHAPE = (2, 1, 8, 8)
 FINGERPRINT = {

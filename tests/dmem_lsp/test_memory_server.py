@@ -23,7 +23,7 @@ import torch
 from lsprotocol import types
 from safetensors.torch import load_file
 
-from dmem_lsp.workspace.store import state_sha256
+from dmem_lsp.workspace.state_file import state_sha256
 from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_memory, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

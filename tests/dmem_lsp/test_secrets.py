@@ -134,7 +134,7 @@ def test_scans_on_several_threads_agree(policy):
 
 def test_starting_the_server_does_not_import_detect_secrets():
     code = (
-        "import sys, dmem_lsp.lsp.server, dmem_lsp.cli.main, dmem_lsp.workspace.policy;"
+        "import sys, dmem_lsp.lsp.server, dmem_lsp.cli.main, dmem_lsp.workspace.policy, dmem_lsp.workspace.secret_scan;"
         " print('detect_secrets' in sys.modules)"
     )
     out = subprocess.run(

@@ -104,7 +104,7 @@ def test_bad_input_gets_an_error_response_and_a_failed_load_is_explained(tmp_pat
 def test_exit_without_shutdown_saves_the_memory_and_exits_1(talkative_model, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from dmem_lsp.workspace.store import workspace_dir
+    from dmem_lsp.workspace.files import workspace_dir
 
     workspace = tmp_path / "project"
     workspace.mkdir()

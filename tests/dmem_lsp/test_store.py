@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dmem_lsp.cli import memory as memory_cli
-from dmem_lsp.workspace.store import WorkspaceStore, state_sha256
+from dmem_lsp.workspace.state_file import state_sha256
+from dmem_lsp.workspace.store import WorkspaceStore
 
 FINGERPRINT = {"backbone": {"id": "tiny", "num_layers": 2}, "adapter_sha256": "a" * 64, "config": {"rank": 8}}
 

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from dmem_lsp.workspace.files import StoreError
 from dmem_lsp.workspace.snapshots import read_snapshot, write_snapshot
-from dmem_lsp.workspace.store import StoreError, WorkspaceStore
+from dmem_lsp.workspace.store import WorkspaceStore
 from tests.dmem_lsp.tampering import SNAPSHOT_VARIANTS, STATE_VARIANTS, sample_states
 
 FINGERPRINT = {"backbone": {"id": "tiny", "model_type": "qwen3", "num_layers": 2}, "adapter_sha256": "a" * 64,
@@ -86,3 +87,21 @@ def test_nan_in_a_state_written_by_hand_is_refused_without_a_checksum_of_version
     files.state_path.write_bytes(save({k: v.contiguous() for k, v in states.items()}, metadata=metadata))
     saved, notes = files.open_states({})
     assert saved is None and "NaN or Inf values in edits" in notes[0]
+
+
+@pytest.mark.parametrize("variant", sorted(set(STATE_VARIANTS) & set(SNAPSHOT_VARIANTS)))
+def test_state_files_and_snapshots_are_refused_with_the_same_words(files, tmp_path, variant):
+    """One reader (``state_file.read_checked``) checks both: the same damage is named alike."""
+    files.save_states(sample_states(), FINGERPRINT, {"debug": 3})
+    snapshot = tmp_path / "debug.safetensors"
+    write_snapshot(snapshot, "debug", sample_states()["debug"], FINGERPRINT, 12)
+    STATE_VARIANTS[variant][0](files.state_path)
+    SNAPSHOT_VARIANTS[variant][0](snapshot)
+    with pytest.raises(StoreError) as state_error:
+        files.read_saved()
+    with pytest.raises(StoreError) as snapshot_error:
+        read_snapshot(snapshot)
+    said = [str(e.value).replace(str(path), "PATH") for e, path in
+            ((state_error, files.state_path), (snapshot_error, snapshot))]
+    assert said[1].endswith("; not imported"), said
+    assert said[0].split()[:4] == said[1].removesuffix("; not imported").split()[:4], said
