@@ -24,7 +24,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
@@ -37,6 +37,9 @@ from dmem_lsp.workspace.host import Host
 from dmem_lsp.workspace.sources import CONVENTION_DEPTH, Sources
 from dmem_lsp.workspace.watch import Watch
 from dmem_lsp.workspace.writer import MEMORY_EVENT, Writer
+
+if TYPE_CHECKING:
+    from dmem_lsp.runtime.settings import MemorySettings
 
 __all__ = ["CONVENTION_DEPTH", "Learner", "MEMORY_EVENT", "WorkspaceMemory", "log_failure", "looks_like_an_error"]
 
@@ -78,7 +81,7 @@ class Learner:
         return self.registry.open
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> MemorySettings:
         return self.host.settings.memory
 
     # -- what the server calls ------------------------------------------------------------

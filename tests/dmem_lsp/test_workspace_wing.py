@@ -10,6 +10,8 @@ Delays are zero or an hour; the tests await the wing's own coroutines, never a s
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,8 +26,6 @@ from dmem_lsp.runtime.worker import Worker
 from dmem_lsp.workspace import texts
 from dmem_lsp.workspace.learning import MEMORY_EVENT, Learner
 from dmem_lsp.workspace.store import WorkspaceStore
-
-pytestmark = pytest.mark.asyncio
 
 STORES = ("conventions", "debug", "edits")
 SHAPE = (2, 1, 4, 4)
@@ -171,6 +171,7 @@ def wing(data_home):
     host.worker.close()
 
 
+@pytest.mark.asyncio
 async def test_a_convention_file_is_framed_written_into_conventions_and_saved(wing, project, data_home):
     host, engine, learner = wing
     memory = await learner.open(project)
@@ -195,6 +196,7 @@ async def test_a_convention_file_is_framed_written_into_conventions_and_saved(wi
     assert host.events("saved")
 
 
+@pytest.mark.asyncio
 async def test_the_last_edit_waiting_for_its_debounce_is_written_and_saved_at_shutdown(wing, project):
     host, engine, learner = wing
     await learner.open(project)
@@ -210,6 +212,7 @@ async def test_the_last_edit_waiting_for_its_debounce_is_written_and_saved_at_sh
     assert WorkspaceStore(project).read_saved().tokens["edits"] == len(expected.encode())
 
 
+@pytest.mark.asyncio
 async def test_a_newer_change_supersedes_the_pending_one_and_did_save_writes_at_once(wing, project):
     host, engine, learner = wing
     await learner.open(project)
@@ -225,6 +228,7 @@ async def test_a_newer_change_supersedes_the_pending_one_and_did_save_writes_at_
     await learner.shutdown()
 
 
+@pytest.mark.asyncio
 async def test_a_debug_step_goes_into_debug_and_a_reset_zeroes_it_on_disk(wing, project):
     host, engine, learner = wing
     memory = await learner.open(project)
@@ -246,6 +250,7 @@ async def test_a_debug_step_goes_into_debug_and_a_reset_zeroes_it_on_disk(wing, 
     await learner.shutdown()
 
 
+@pytest.mark.asyncio
 async def test_a_document_outside_every_folder_has_no_memory(wing, project, tmp_path):
     host, engine, learner = wing
     await learner.open(project)
@@ -255,3 +260,12 @@ async def test_a_document_outside_every_folder_has_no_memory(wing, project, tmp_
     reason = f"{outside} is outside every workspace folder: documents there use no memory"
     assert result == {"tokens": 0, "reason": reason}
     await learner.shutdown()
+
+
+def test_the_workspace_wing_imports_no_lsp_and_no_cli():
+    code = (
+        "import sys, dmem_lsp.workspace.learning, dmem_lsp.runtime.scheduling\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('dmem_lsp.lsp', 'dmem_lsp.cli'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
