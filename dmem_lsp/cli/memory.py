@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dmem_lsp.workspace import operations
 from dmem_lsp.workspace.files import StoreError
 from dmem_lsp.workspace.manifest import record_import, record_reset
-from dmem_lsp.workspace.state_file import Saved, state_sha256
+from dmem_lsp.workspace.state_file import Saved
 from dmem_lsp.workspace.store import WorkspaceStore
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
@@ -67,14 +68,13 @@ def reset_memory(workspace: Path, store: str | None) -> int:
         saved = files.read_saved(numpy=True)
         states = saved.states
         stores = [store] if store else list(states)
-        unknown = sorted(set(stores) - set(states))
+        unknown = operations.unknown_stores(states, stores)
         if unknown:
             print(f"no store {', '.join(unknown)}; the stores are {', '.join(states)}", file=sys.stderr)
             return 2
         manifest, _ = files.read_manifest()
         manifest.update(tokens=saved.tokens, sources=saved.sources)  # the state file says what memory holds
-        for name in stores:
-            states[name] = np.zeros_like(states[name])
+        states = operations.zeroed(states, stores, np.zeros_like)
         record_reset(manifest, stores, "dmem-lsp --reset-memory")
         files.save_states(states, saved.fingerprint, manifest["tokens"], manifest["sources"])
         files.write_manifest(manifest)
@@ -108,16 +108,15 @@ def memory_status(workspace: Path) -> int:
             print(f"state      unreadable: {error}")
     backbone = manifest.get("backbone", {})
     print(f"backbone   {backbone.get('id', '?')}   adapter sha256 {str(manifest.get('adapter_sha256', '?'))[:16]}")
-    for store in states or manifest.get("tokens", {}):
-        tokens = manifest.get("tokens", {}).get(store, 0)
-        digest = state_sha256(states[store])[:16] if store in states else "-"
-        print(f"  {store:<12} {tokens:>9} tokens   state {digest}")
-        for entry in [e for e in manifest.get("audit", []) if e.get("store") == store][-3:]:
+    for store, status in operations.stores_status(manifest, states, last=3).items():
+        digest = status["sha256"][:16] if status["sha256"] else "-"
+        print(f"  {store:<12} {status['tokens']:>9} tokens   state {digest}")
+        for entry in status["lastWrites"]:
             print(
                 f"      {entry['time']}  {entry.get('kind', '')}: {entry.get('source', '')} "
                 f"({entry.get('tokens', 0)} tokens)"
             )
-    skipped = [e for e in manifest.get("audit", []) if "skipped" in e][-5:]
+    skipped = operations.skipped(manifest, last=5)
     if skipped:
         print("  not written:")
         for entry in skipped:
@@ -164,10 +163,8 @@ def import_store(workspace: Path, snapshot: Path) -> int:
             saved = Saved({name: np.zeros_like(tensor) for name in theirs["config"]["stores"]}, theirs)
         states, mine = saved.states, saved.fingerprint
         check_fingerprint(snapshot, theirs, mine, "this memory")
-        if store not in states or states[store].shape != tensor.shape:
-            print(f"{snapshot} holds store {store!r} of another shape; not imported", file=sys.stderr)
-            return 1
-        states[store] = tensor
+        operations.check_import(states, snapshot, store, tensor)
+        states = {**states, store: tensor}
         manifest, _ = files.read_manifest()
         manifest.update(mine)
         manifest.update(tokens=saved.tokens, sources=saved.sources)

@@ -39,6 +39,7 @@ from dmem_lsp import __version__
 from dmem_lsp.lsp.framing import CHUNK, serve, stdin_chunks
 from dmem_lsp.lsp.protocol import DmemProtocol, QuietExpectedErrors, as_json
 from dmem_lsp.runtime.assist import Answer
+from dmem_lsp.runtime.scheduling import KeyedDebouncer
 from dmem_lsp.runtime.settings import ENGINE_KEYS, Settings, merge, parse_settings
 from dmem_lsp.runtime.worker import Priority, Worker
 from dmem_lsp.workspace.config import AdapterSource, WorkspaceConfigError, read_workspace_config
@@ -94,6 +95,8 @@ class DmemServer(LanguageServer):
         self._engine_ready: asyncio.Future[Engine] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._latest: dict[str, asyncio.Task[Any]] = {}
+        self._quiet: KeyedDebouncer[object] = KeyedDebouncer("a request")
+        """Automatic requests wait here for ``debounce_ms`` of quiet on their supersede key."""
         self._closing: asyncio.Future[None] | None = None
         self._input_ended: asyncio.Event | None = None
         """Set once everything the client wrote to stdin has been handled (start_io)."""
@@ -137,6 +140,9 @@ class DmemServer(LanguageServer):
     def show(self, kind: types.MessageType, message: str) -> None:
         log.log(logging.WARNING if kind <= types.MessageType.Warning else logging.INFO, "%s", message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def notify_client(self, method: str, params: Any) -> None:
+        self.protocol.notify(method, params)
 
     def set_status(self, state: str, message: str = "") -> None:
         settings = self.loaded_with or self.settings
@@ -297,7 +303,7 @@ class DmemServer(LanguageServer):
         try:
             engine = await self.wait_for_engine()
             if debounce_ms:
-                await asyncio.sleep(debounce_ms / 1000)
+                await self._quiet.quiet(supersede if supersede is not None else task, debounce_ms / 1000)
             on_token = self._progress(name, token)
             folder = self.learner.folder_for(uri)
 
@@ -346,6 +352,15 @@ class DmemServer(LanguageServer):
                 loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
 
         return on_token
+
+    def editor_text(self, uri: str) -> str | None:
+        """The text of ``uri`` as the editor has it open; None when it is not open."""
+        document = self.workspace.text_documents.get(uri)
+        return None if document is None else document.source
+
+    def current_text(self, uri: str) -> str:
+        """The editor's text of ``uri`` if it is open, else the file's; OSError when it cannot be read."""
+        return self.workspace.get_text_document(uri).source
 
     def document_text(self, uri: str) -> tuple[Any, str]:
         """The document (open in the editor, or read from disk) and its text.

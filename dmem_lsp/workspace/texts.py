@@ -1,6 +1,6 @@
 """The text written into memory: how each source is framed, and how a text is cut into write passes.
 
-One module, used by the server (``learning.py``) and by training (``workspace_episodes.py``,
+One module, used by the server (``sources.py``) and by training (``workspace_episodes.py``,
 benchmarks), so that an adapter learns from exactly what the server writes:
 
 - a convention file: ``Project file {path}:\\n{text}``, at most ``convention_file_tokens``
