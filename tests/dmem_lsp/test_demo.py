@@ -137,7 +137,7 @@ def test_a_shipped_model_that_does_not_recall_fails_the_demo(tmp_path, monkeypat
     import hashlib
     import json
 
-    from dmem_lsp import demo, demo_model
+    from dmem_lsp.cli import demo, demo_model
 
     standin = demo_model.StandIn()
     data = tmp_path / "demo_data"
