@@ -47,14 +47,6 @@ IDENTIFIERS = ("x", "y", "n", "data", "items", "result", "path", "config", "name
 WORDS = ("fix", "later", "the", "parser", "cache", "bug", "see", "run", "note", "slow", "why", "again")
 NOTES_FILE = "notes.txt"
 EDITED_FILE = "settings.txt"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-NO_FIM_TOKENS = ("<|reserved_0|>", "<|reserved_1|>", "<|reserved_2|>")
-"""The chat variant of the tokenizer names the FIM ids so, so the server's rule picks chat."""
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 VOCAB_SIZE = 640
 
 
@@ -228,29 +220,12 @@ def save_tokenizer(directory: Path, fim: bool, seed: int = 0) -> Any:
     """The task's byte-level BPE (any text round-trips), ChatML template; FIM tokens when ``fim``.
 
     Both variants have the same ids: the chat one is the FIM one with the three FIM tokens
-    renamed (``NO_FIM_TOKENS``), so one backbone serves either prompt shape.
+    renamed (``NO_FIM_TOKENS``), so one backbone serves either prompt shape. Built by the
+    demo's builder (``dmem_lsp.cli.tiny_tokenizer``), over every byte.
     """
-    import json
+    from dmem_lsp.cli.tiny_tokenizer import byte_level_tokenizer
 
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS + FIM_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    core.train_from_iterator(corpus(random.Random(seed)), trainer)
-    if not fim:
-        text = core.to_str()
-        for name, other in zip(FIM_TOKENS, NO_FIM_TOKENS, strict=True):
-            text = text.replace(json.dumps(name), json.dumps(other))
-        core = Tokenizer.from_str(text)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
-    )
+    tokenizer = byte_level_tokenizer(corpus(random.Random(seed)), VOCAB_SIZE, fim=fim, every_byte=True)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(directory)
     return tokenizer

@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resolve(name: str, command: str) -> Path:
-    from dmem_lsp.runtime.engine import _resolve_local
+    from dmem_lsp.runtime.locations import resolve_local
 
-    return Path(_resolve_local(name, "adapter", f"dmem-lsp adapter {command}"))
+    return Path(resolve_local(name, "adapter", f"dmem-lsp adapter {command}"))
 
 
 def _train(args: argparse.Namespace) -> int:

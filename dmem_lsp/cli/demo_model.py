@@ -109,27 +109,14 @@ class StandIn:
         """``out/model`` (backbone and tokenizer, ``save_pretrained``) and ``out/adapter``; the same for a seed."""
         import torch
         import transformers
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         import memory
+        from dmem_lsp.cli.tiny_tokenizer import byte_level_tokenizer
 
         ws = self.workspace
         corpus = [*ws.conventions.values(), *ws.files.values(), *(q.text for q in ws.queries)]
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
-        core = Tokenizer(models.BPE())
-        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        core.decoder = decoders.ByteLevel()
         # the alphabet is the corpus' characters (ASCII): every answer prints, however random
-        core.train_from_iterator(
-            corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
-        )
-        tokenizer = transformers.PreTrainedTokenizerFast(
-            tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-            chat_template=(
-                "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-            ),
-        )
+        tokenizer = byte_level_tokenizer(corpus * 20, 400)
         tokenizer.save_pretrained(out / "model")
         config = transformers.Qwen3Config(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

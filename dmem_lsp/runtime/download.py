@@ -14,22 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from dmem_lsp.runtime.locations import is_hub_id
+from dmem_lsp.runtime.locations import download_command, is_hub_id
 from dmem_lsp.runtime.settings import parse_settings
 
 __all__ = ["run_download", "download_command"]
-
-
-def download_command(model: str | None = None, adapter: str | None = None, revision: str | None = None) -> str:
-    """The command line that fetches ``model`` / ``adapter`` (for the messages that name it)."""
-    words = ["dmem-lsp", "download"]
-    if model:
-        words += ["--model", model]
-    if adapter:
-        words += ["--adapter", adapter]
-    if revision:
-        words += ["--revision", revision]
-    return " ".join(words)
 
 
 def _size(nbytes: float) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from dmem_lsp.runtime.options import DEFAULT_ADAPTER, DEFAULT_MODEL, EngineOptions
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_ADAPTER",
@@ -28,10 +30,9 @@ __all__ = [
     "CLIENT_KEY",
     "cpu_cores",
     "torch_threads",
+    "check_value",
 ]
 
-DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
-DEFAULT_ADAPTER = "declare-lab/delta-mem_qwen3_4b-instruct"
 ENGINE_KEYS = ("model", "adapter", "device", "quantization", "threads")
 """The settings read once, when the model loads: changing them needs a restart."""
 CLIENT_KEY = "client"
@@ -135,10 +136,8 @@ class Settings:
     explain: ExplainSettings = field(default_factory=ExplainSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
 
-    def engine_options(self):
-        """The ``EngineOptions`` these settings ask for (imports the engine: torch)."""
-        from dmem_lsp.runtime.engine import EngineOptions
-
+    def engine_options(self) -> EngineOptions:
+        """The ``EngineOptions`` these settings ask for (torch-free: the engine loads them)."""
         return EngineOptions(
             model=self.model,
             adapter=None if self.adapter.lower() == "none" else self.adapter,
@@ -153,8 +152,11 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _check(value: Any, kind: Any, meta: Mapping[str, Any]) -> tuple[bool, Any, str]:
-    """(valid, value, what was expected)."""
+def check_value(value: Any, kind: Any, meta: Mapping[str, Any]) -> tuple[bool, Any, str]:
+    """Whether ``value`` is a valid setting of type ``kind`` (bool, int, str or tuple[str, ...])
+    under the field metadata ``meta`` (``minimum``, ``maximum``, ``choices``, ``auto``):
+    (valid, the value as the setting holds it, what was expected, for the warning).
+    ``parse_settings`` and ``.dmem/config.toml`` (``workspace.config``) check by it."""
     if kind is bool:
         return isinstance(value, bool), value, "true or false"
     if kind is int:
@@ -197,7 +199,7 @@ def _parse(cls: type, raw: dict[str, Any], path: str, warnings: list[str]) -> An
             else:
                 warnings.append(f"{path}{key}: expected an object, got {value!r}; using the defaults")
             continue
-        ok, value, expected = _check(value, kind, f.metadata)
+        ok, value, expected = check_value(value, kind, f.metadata)
         if ok:
             values[f.name] = value
         else:

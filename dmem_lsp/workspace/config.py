@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from dmem_lsp.runtime.settings import MemorySettings, _check
+from dmem_lsp.runtime.settings import MemorySettings, check_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,7 +199,7 @@ def _memory(table: dict[str, Any], where: str, warnings: list[str]) -> dict[str,
         if key not in fields:
             warnings.append(f"{where}: unknown setting {key!r}, ignored")
             continue
-        ok, value, expected = _check(value, hints[key], fields[key].metadata)
+        ok, value, expected = check_value(value, hints[key], fields[key].metadata)
         if ok:
             values[key] = value
         else:

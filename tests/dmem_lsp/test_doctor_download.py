@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dmem_lsp.runtime.engine import EngineError, _resolve_local
+from dmem_lsp.runtime.locations import resolve_local
+from dmem_lsp.runtime.options import EngineError
 
 
 def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -64,9 +65,9 @@ def test_download_offline_says_what_is_missing_and_finds_what_is_cached(tmp_path
 def test_the_offline_error_names_the_download_command(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EngineError, match=r"dmem-lsp download --model nobody/no-such-model"):
-        _resolve_local("nobody/no-such-model", "model", "--model")
+        resolve_local("nobody/no-such-model", "model", "--model")
     with pytest.raises(EngineError, match=r"dmem-lsp download --adapter acme/adapter --revision v2"):
-        _resolve_local("acme/adapter", "adapter", "--adapter", "v2")
+        resolve_local("acme/adapter", "adapter", "--adapter", "v2")
 
 
 @pytest.fixture

@@ -147,10 +147,10 @@ def publish_to_hub_cache(hf_home: Path, repo: str, revision: str, directory: Pat
 
 def adapter_sha256(directory: Path) -> str:
     import memory
-    from dmem_lsp.runtime.engine import _tensors_sha256
+    from dmem_lsp.runtime.adapters import tensors_sha256
 
     _, tensors, _ = memory.read_adapter(directory)
-    return _tensors_sha256({name: tensor.float() for name, tensor in tensors.items()})
+    return tensors_sha256({name: tensor.float() for name, tensor in tensors.items()})
 
 
 class Box:

@@ -48,15 +48,36 @@ def episodes(seed: int = 0) -> list[Episode]:
     ]
 
 
+def retold(episode: Episode, *reads: tuple[tuple[int, ...], tuple[int, ...]], stores: tuple[str, ...] | None = None):
+    """``episode``'s history, written into ``stores`` (default: its own), then read by ``reads``
+    (default: its first read alone); no source. Every episode made from another is made here."""
+    (query, target), *more = reads or episode.queries[:1]
+    stores = episode.stores if stores is None else stores
+    return Episode(episode.history, query, target, reads=tuple(more), stores=stores)
+
+
+def loss_of(mem: memory.Memory, episodes: Episode | list[Episode], chunk_tokens: int = 0) -> torch.Tensor:
+    """``EpisodeLoss`` of one episode (the single-row path, ``episode_tensors``) or of a list of
+    them (independent rows, ``rows_tensors``), the history's last 1024 tokens written."""
+    if isinstance(episodes, Episode):
+        segmented = mem.config.write == "segment"
+        return EpisodeLoss(mem)(*episode_tensors(episodes, 1024, segmented, "cpu", chunk_tokens))
+    return EpisodeLoss(mem)(rows_tensors(episodes, 1024, "cpu", chunk_tokens))
+
+
+def strong_memory(model_dirs, variant: str) -> memory.Memory:
+    """δ-mem of ``variant`` on the tiny Qwen3, its weights strong enough for states to matter."""
+    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), VARIANTS[variant])
+    strengthen(mem)
+    return mem
+
+
 def one_by_one(mem: memory.Memory, batch: list[Episode], written: list[Episode], chunk_tokens: int) -> torch.Tensor:
     """Each episode's reads after writing ``written``'s history alone: the mean over all target tokens."""
-    loss, total = EpisodeLoss(mem), 0
-    summed = torch.zeros(())
+    summed, total = torch.zeros(()), 0
     for episode, other in zip(batch, written, strict=True):
         for query, target in episode.queries:
-            single = Episode(history=other.history, query=query, target=target, stores=other.stores)
-            inputs = episode_tensors(single, 1024, mem.config.write == "segment", "cpu", chunk_tokens)
-            summed = summed + loss(*inputs) * len(target)
+            summed = summed + loss_of(mem, retold(other, (query, target)), chunk_tokens) * len(target)
             total += len(target)
     return summed / total
 
@@ -64,11 +85,10 @@ def one_by_one(mem: memory.Memory, batch: list[Episode], written: list[Episode],
 @pytest.mark.parametrize("chunk_tokens", [0, 4], ids=["one-pass", "passes-of-4"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_batched_loss_is_the_episodes_one_by_one(model_dirs, variant, chunk_tokens):
-    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), VARIANTS[variant])
-    strengthen(mem)
+    mem = strong_memory(model_dirs, variant)
     batch = episodes()
     with torch.no_grad():
-        batched = EpisodeLoss(mem)(rows_tensors(batch, 1024, "cpu", chunk_tokens))
+        batched = loss_of(mem, batch, chunk_tokens)
         assert mem.rows is None, "the loss leaves one shared state per store behind"
         alone = one_by_one(mem, batch, batch, chunk_tokens)
         rows = rows_tensors(batch, 1024, "cpu", chunk_tokens)
@@ -86,19 +106,17 @@ STORES = (("edits",), ("conventions", "edits", "conventions"), ("edits", "debug"
 @pytest.mark.parametrize("chunk_tokens", [0, 4], ids=["one-pass", "passes-of-4"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_pieces_are_written_into_their_stores_batched_as_one_by_one(model_dirs, variant, chunk_tokens):
-    mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), VARIANTS[variant])
-    strengthen(mem)
+    mem = strong_memory(model_dirs, variant)
     plain = episodes()
-    batch = [dataclasses.replace(e, stores=stores) for e, stores in zip(plain, STORES, strict=True)]
+    batch = [retold(e, *e.queries, stores=stores) for e, stores in zip(plain, STORES, strict=True)]
     rows = rows_tensors(batch, 1024, "cpu", chunk_tokens)
     most = max(len(history_passes(e, 1024, chunk_tokens)) for e in batch)
     assert len(rows.passes) > most, "a pass j in two stores is two batches"
     with torch.no_grad():
         batched = EpisodeLoss(mem)(rows)
         alone = one_by_one(mem, batch, batch, chunk_tokens)
-        one_store = EpisodeLoss(mem)(rows_tensors(plain, 1024, "cpu", chunk_tokens))
-        segmented = mem.config.write == "segment"
-        EpisodeLoss(mem)(*episode_tensors(batch[2], 1024, segmented, "cpu", chunk_tokens))
+        one_store = loss_of(mem, plain, chunk_tokens)
+        loss_of(mem, batch[2], chunk_tokens)
         states = mem.states()
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)  # agree to ~1e-6
     assert float((batched - one_store).abs()) > 1e-4, "writing every piece into one store would show (SSW: 6e-4)"
@@ -108,12 +126,12 @@ def test_pieces_are_written_into_their_stores_batched_as_one_by_one(model_dirs, 
 
 def test_an_episode_names_a_store_per_piece_or_none():
     episode = Episode(history=((1, 2), (3,)), query=(4,), target=(5,))
-    assert fingerprint([episode]) != fingerprint([dataclasses.replace(episode, stores=("conventions", "edits"))])
-    passes = history_passes(dataclasses.replace(episode, stores=("conventions", "edits")), 1024)
+    assert fingerprint([episode]) != fingerprint([retold(episode, stores=("conventions", "edits"))])
+    passes = history_passes(retold(episode, stores=("conventions", "edits")), 1024)
     assert passes == [([1, 2], [0, 0], "conventions"), ([3], [1], "edits")]
     assert history_passes(episode, 1024) == [([1, 2, 3], [0, 0, 1], None)]  # no stores: one pass, the first store
     with pytest.raises(EpisodeError, match="1 store names for 2 history pieces"):
-        dataclasses.replace(episode, stores=("edits",))
+        retold(episode, stores=("edits",))
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
@@ -155,13 +173,13 @@ def test_training_with_rows_and_a_schedule_learns_and_records_it(model_dirs, tmp
 def test_episodes_with_several_reads_are_trained_and_fingerprinted(model_dirs, tmp_path):
     """The same read twice has the loss of one read; reads enter the data's fingerprint."""
     data = recall_episodes(8)
-    with_reads = [Episode(e.history, e.query, e.target, reads=((e.query, e.target),)) for e in data]
+    with_reads = [retold(e, *e.queries, *e.queries) for e in data]  # the one read, twice
     assert fingerprint(with_reads) != fingerprint(data)
-    assert fingerprint(data) == fingerprint([Episode(e.history, e.query, e.target) for e in data])
+    assert fingerprint(data) == fingerprint([retold(e) for e in data])  # the source is not data
     mem = memory.attach(load_tiny_model(model_dirs["qwen3"]), memory.DeltaMemConfig())
     summary = train(mem, with_reads[:6], with_reads[6:], TrainOptions(steps=2, progress=False), tmp_path / "reads")
     assert summary["steps"] == 2 and summary["eval_loss_memory"] is not None
     with torch.no_grad():
-        twice = EpisodeLoss(mem)(rows_tensors(with_reads[:1], 1024, "cpu"))
-        once = EpisodeLoss(mem)(*episode_tensors(data[0], 1024, False, "cpu"))
+        twice = loss_of(mem, with_reads[:1])
+        once = loss_of(mem, data[0])
     torch.testing.assert_close(twice, once, rtol=1e-4, atol=1e-5)
