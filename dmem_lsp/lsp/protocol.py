@@ -16,6 +16,11 @@ internal error, and internal errors carry the Python traceback to the client. He
 - ``receive_junk`` handles bytes that were not a message (see ``framing``): logged, and a
   request found at their start is answered with InvalidRequest saying why.
 - Errors are sent as one line; tracebacks stay in the log.
+
+pygls 2.1 has no public API for some of this (its protocol's send and response methods, its
+pending requests, its shutdown flag, a document's unread source, the stop event and socket server
+its ``shutdown`` closes): every use of a private pygls member in this package is here, in
+``DmemProtocol`` or in the named functions at the end, each saying why.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import asyncio
 import json
 import logging
 import re
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -35,7 +41,20 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from dmem_lsp.lsp.framing import Frame, Junk
 
-__all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json", "salvage_request"]
+if TYPE_CHECKING:
+    from pygls.server import JsonRPCServer
+    from pygls.workspace import TextDocument
+
+__all__ = [
+    "DmemProtocol",
+    "QuietExpectedErrors",
+    "as_json",
+    "keep_source",
+    "salvage_request",
+    "stop_on_shutdown",
+    "close_on_shutdown",
+    "unread_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +206,7 @@ class DmemProtocol(LanguageServerProtocol):
         self.client_gone = False
         """Set when writing to the client failed (it quit): nothing more is sent."""
 
+    # pygls' one way out: everything sent (pygls' answers, notifications, ours) passes here
     def _send_data(self, data: Any) -> None:
         """Send ``data``, unless the client has gone: once its end of the pipe is closed, what
         is left to do (saving memory as the client quits) must not be broken off by messages
@@ -222,6 +242,7 @@ class DmemProtocol(LanguageServerProtocol):
     def receive_junk(self, junk: Junk) -> None:
         log.warning("skipped malformed input (%d bytes): %s", junk.size, junk.reason)
         if junk.too_large:  # a message dropped unread: the user may wonder where it went
+            # the server this protocol belongs to: pygls keeps it only as ``_server``
             self._server.window_show_message(
                 types.ShowMessageParams(
                     type=types.MessageType.Warning, message=f"dmem-lsp ignored a message: {junk.reason}"
@@ -321,6 +342,7 @@ class DmemProtocol(LanguageServerProtocol):
     def _error(self, msg_id: int | str | None, code: int, message: str) -> None:
         self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": _one_line(message)}})
 
+    # pygls' one way to answer a request (its handlers' errors included): overridden to shorten them
     def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
         """One line in the error; a traceback (pygls puts it in ``data``) stays in the log."""
         if error is not None:
@@ -335,12 +357,14 @@ class DmemProtocol(LanguageServerProtocol):
         """Cancel every pending request (each is answered RequestCancelled), then the server's handler."""
         self.shutdown_requested = True
         current = self.msg_id
+        # pygls keeps the requests it is answering only in ``_request_futures``; cancelling one
+        # is what ``$/cancelRequest`` does (it answers RequestCancelled)
         for msg_id, future in list(self._request_futures.items()):  # callbacks may remove entries
             if msg_id != current and not future.done():
                 future.cancel()
         if (user_handler := self.fm.features.get(types.SHUTDOWN)) is not None:
             yield user_handler, args, None
-        self._shutdown = True
+        self._shutdown = True  # what pygls' own shutdown handler sets: later messages are refused
         return None
 
     # -- what pygls structures ---------------------------------------------------------------
@@ -365,3 +389,33 @@ class DmemProtocol(LanguageServerProtocol):
         if isinstance(message, _Answered):
             return
         super().handle_message(message)
+
+
+# -- pygls members with no public API -----------------------------------------------------------
+
+
+def unread_source(document: TextDocument) -> str | None:
+    """The text of ``document`` if the editor opened it (or ``keep_source`` gave it), else None.
+
+    pygls' public ``source`` reads a document the editor did not open from disk, whatever the
+    file is (a FIFO blocks it, ``/dev/zero`` never ends): only its private ``_source`` tells
+    whether there is text without reading."""
+    return document._source
+
+
+def keep_source(document: TextDocument, text: str) -> None:
+    """Give a document the editor did not open the text read from disk (``_source``: else
+    pygls would read the file again on every access of ``source``)."""
+    document._source = text
+
+
+def stop_on_shutdown(server: JsonRPCServer) -> threading.Event:
+    """A stop event that pygls' ``JsonRPCServer.shutdown`` sets: it sets only ``_stop_event``, and
+    a server running its own transport (``start_io``) makes that event itself."""
+    server._stop_event = event = threading.Event()
+    return event
+
+
+def close_on_shutdown(server: JsonRPCServer, tcp_server: asyncio.Server) -> None:
+    """Have pygls' ``JsonRPCServer.shutdown`` close ``tcp_server`` (it closes only ``_server``)."""
+    server._server = tcp_server
