@@ -20,7 +20,7 @@ from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcInvalidParams
 
-from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.lsp.messages import as_json
 
 __all__ = [
     "Accept",

@@ -21,7 +21,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from dmem_lsp.lsp.arguments import Accept, DebugStep, MemoryStatus, ResetMemory, parse
 from dmem_lsp.lsp.completion import ACCEPT
 from dmem_lsp.lsp.errors import RequestFailed
-from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.lsp.messages import as_json
 from dmem_lsp.lsp.server import DmemServer
 
 __all__ = [

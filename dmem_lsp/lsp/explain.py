@@ -22,7 +22,7 @@ from pygls.uris import to_fs_path
 
 from dmem_lsp.lsp import explanations
 from dmem_lsp.lsp.arguments import CONVERTER, Explain, parse, parse_object
-from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.lsp.messages import as_json
 from dmem_lsp.lsp.server import DmemServer
 from dmem_lsp.runtime import assist
 from dmem_lsp.runtime.prompts import MAX_CHARS_PER_TOKEN
