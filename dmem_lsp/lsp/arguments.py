@@ -144,10 +144,10 @@ def parse(command: str, cls: type[T], arguments: Sequence[Any] | None) -> T:
     """``arguments`` as ``cls``: one object, or positional values in one of its ``POSITIONAL`` shapes."""
     values = [as_json(argument) for argument in arguments or ()]
     usage = cls.USAGE
+    raw: dict[str, Any] = {}
     if len(values) == 1 and isinstance(values[0], dict) and cls.OBJECT:
         raw = values[0]
     elif (names := cls.POSITIONAL.get(len(values))) is not None:
-        raw: dict[str, Any] = {}
         for name, value in zip(names, values, strict=True):
             *outer, last = name.split(".")
             where = raw

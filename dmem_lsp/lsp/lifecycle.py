@@ -17,15 +17,18 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pygls.io_ import StdoutWriter
+from pygls.lsp.server import LanguageServer
 
 from dmem_lsp.lsp.framing import CHUNK, serve, stdin_chunks
-from dmem_lsp.lsp.protocol import close_on_shutdown, stop_on_shutdown
+from dmem_lsp.lsp.protocol import DmemProtocol, close_on_shutdown, stop_on_shutdown
 
 if TYPE_CHECKING:
-    from dmem_lsp.lsp.server import DmemServer
+    from dmem_lsp.runtime.engine import Engine
+    from dmem_lsp.runtime.worker import Worker
+    from dmem_lsp.workspace.learning import Learner
 
 __all__ = ["Lifecycle", "SIGNAL_GRACE_S"]
 
@@ -37,14 +40,21 @@ before it saves and leaves. Vim and Emacs close it right after the signal, and w
 before (the last ``didChange``, a ``didSave``) may still be unread in the pipe: it is handled first."""
 
 
-class Lifecycle:
+class Lifecycle(LanguageServer):
     """Running on stdio or TCP, closing once, and leaving on stdin's end or a signal."""
+
+    protocol: DmemProtocol
+    engine: Engine | None
+    worker: Worker
+    learner: Learner
+    _latest: dict[str, asyncio.Task[Any]]
+    """The running request of each ``supersede`` key (DmemServer.run): cancelled when closing."""
 
     _closing: asyncio.Future[None] | None
     _input_ended: asyncio.Event | None
     """Set once everything the client wrote to stdin has been handled (start_io)."""
 
-    def start_io(self: DmemServer, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
         stop = stop_on_shutdown(self)
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
 
@@ -68,7 +78,7 @@ class Lifecycle:
         finally:
             self.shutdown()
 
-    def start_tcp(self: DmemServer, host: str, port: int) -> None:
+    def start_tcp(self, host: str, port: int) -> None:
         stop = stop_on_shutdown(self)
 
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,14 +108,14 @@ class Lifecycle:
         logging.shutdown()
         os._exit(code)
 
-    async def close(self: DmemServer) -> None:
+    async def close(self) -> None:
         """Stop what runs, save every folder's memory and let go of its lock. Runs once;
         later calls wait for it, and cancelling a caller does not stop the save."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
 
-    async def _close(self: DmemServer) -> None:
+    async def _close(self) -> None:
         for task in list(self._latest.values()):
             task.cancel()
         try:
@@ -116,13 +126,13 @@ class Lifecycle:
         finally:
             self.worker.close()
 
-    async def leave(self: DmemServer, why: str) -> None:
+    async def leave(self, why: str) -> None:
         """Save what was acknowledged and end the process (the client went away or a signal came)."""
         log.info("%s: saving memory and exiting", why)
         await self.close()
         self.exit_process(0)
 
-    async def leave_on_signal(self: DmemServer, name: str) -> None:
+    async def leave_on_signal(self, name: str) -> None:
         """Leave once what the client wrote before the signal is handled: at stdin's end, or
         after ``SIGNAL_GRACE_S`` if the client keeps it open."""
         if self._input_ended is not None and not self._input_ended.is_set():
@@ -133,7 +143,7 @@ class Lifecycle:
                 pass
         await self.leave(name)
 
-    def catch_signals(self: DmemServer) -> None:
+    def catch_signals(self) -> None:
         """SIGTERM, SIGINT and SIGHUP: leave as at stdin's end (a second one while saving waits for the same save)."""
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):

@@ -21,13 +21,15 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from dmem_lsp.lsp.errors import RequestFailed
+from dmem_lsp.lsp.progress import Progress
 from dmem_lsp.runtime.worker import Priority
 from dmem_lsp.workspace.config import AdapterSource, WorkspaceConfigError, read_workspace_config
 
 if TYPE_CHECKING:
-    from dmem_lsp.lsp.server import DmemServer
     from dmem_lsp.runtime.engine import Engine
     from dmem_lsp.runtime.settings import Settings
+    from dmem_lsp.runtime.worker import Worker
+    from dmem_lsp.workspace.learning import Learner
 
 __all__ = ["EngineLoading", "STATUS"]
 
@@ -37,8 +39,12 @@ STATUS = "dmem/status"
 """Notification: ``{state: loading|ready|error, message, model, device, quantization}``."""
 
 
-class EngineLoading:
+class EngineLoading(Progress):
     """Loading the engine, saying so, and opening the workspace folders once it is ready."""
+
+    settings: Settings
+    worker: Worker
+    learner: Learner
 
     engine: Engine | None
     loaded_with: Settings | None
@@ -46,7 +52,13 @@ class EngineLoading:
     _engine_ready: asyncio.Future[Engine] | None
     _load_task: asyncio.Task[None] | None
 
-    def set_status(self: DmemServer, state: str, message: str = "") -> None:
+    if TYPE_CHECKING:  # DmemServer's
+
+        def show(self, kind: types.MessageType, message: str) -> None: ...
+
+        async def pull_settings(self) -> None: ...
+
+    def set_status(self, state: str, message: str = "") -> None:
         settings = self.loaded_with or self.settings
         self.protocol.notify(
             STATUS,
@@ -69,11 +81,11 @@ class EngineLoading:
         """The engine, once loaded; a RequestFailed with the load error if it did not load."""
         return await asyncio.shield(self.engine_ready())
 
-    def start_loading(self: DmemServer) -> None:
+    def start_loading(self) -> None:
         if self._load_task is None:
             self._load_task = asyncio.ensure_future(self._load())
 
-    async def _load(self: DmemServer) -> None:
+    async def _load(self) -> None:
         await self.pull_settings()
         settings = self.settings
         ready = self.engine_ready()
@@ -115,7 +127,7 @@ class EngineLoading:
         for root in self.workspace_roots():
             await self.open_folder(root)
 
-    def preferred_adapter(self: DmemServer) -> AdapterSource | None:
+    def preferred_adapter(self) -> AdapterSource | None:
         """The adapter the first folder's ``.dmem/config.toml`` names: attached first, so a team's
         adapter loads even when its δ-mem configuration differs from the settings' adapter."""
         for root in self.workspace_roots():
@@ -127,11 +139,11 @@ class EngineLoading:
                 return config.adapter
         return None
 
-    def workspace_roots(self: DmemServer) -> list[Path]:
+    def workspace_roots(self) -> list[Path]:
         uris = [folder.uri for folder in self.workspace.folders.values()] or [self.workspace.root_uri]
         return [Path(to_fs_path(uri)) for uri in uris if uri and uri.startswith("file:")]
 
-    async def open_folder(self: DmemServer, root: Path) -> None:
+    async def open_folder(self, root: Path) -> None:
         try:
             await self.learner.open(root)
         except Exception as error:  # one folder's memory failing is no reason to stop serving

@@ -16,12 +16,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from lsprotocol import types
-
-if TYPE_CHECKING:
-    from dmem_lsp.lsp.server import DmemServer
+from pygls.lsp.server import LanguageServer
 
 __all__ = ["Progress", "REPORT_EVERY"]
 
@@ -31,10 +28,10 @@ REPORT_EVERY = 8
 """Tokens between two progress reports of a request that carries a workDoneToken."""
 
 
-class Progress:
+class Progress(LanguageServer):
     """``$/progress`` as the server and its requests send it."""
 
-    async def create_progress(self: DmemServer) -> str | None:
+    async def create_progress(self) -> str | None:
         """A token the client accepted (window/workDoneProgress/create); None if it shows no progress."""
         window = self.client_capabilities.window
         if not (window and window.work_done_progress):
@@ -47,27 +44,27 @@ class Progress:
             return None
         return token
 
-    async def begin_progress(self: DmemServer, title: str, message: str = "") -> str | None:
+    async def begin_progress(self, title: str, message: str = "") -> str | None:
         token = await self.create_progress()
         if token is not None:
             self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message))
         return token
 
-    def report_progress(self: DmemServer, token: str | None, message: str) -> None:
+    def report_progress(self, token: str | None, message: str) -> None:
         if token is not None:
             self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
 
-    def end_progress(self: DmemServer, token: types.ProgressToken | None, message: str) -> None:
+    def end_progress(self, token: types.ProgressToken | None, message: str) -> None:
         if token is not None:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
             self.forget_progress(token)
 
-    def forget_progress(self: DmemServer, token: types.ProgressToken | None) -> None:
+    def forget_progress(self, token: types.ProgressToken | None) -> None:
         """Let pygls drop a token that ended (it keeps every token's future until told)."""
         if token is not None:
             self.work_done_progress.tokens.pop(token, None)
 
-    def request_progress(self: DmemServer, name: str, token: types.ProgressToken | None) -> Callable[[int], None]:
+    def request_progress(self, name: str, token: types.ProgressToken | None) -> Callable[[int], None]:
         """Begin the client's progress for request ``name`` (run by the current task); the callback
         reports tokens from the worker. End it with ``end_request_progress``."""
         if token is None:

@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
-from pygls.lsp.server import LanguageServer
 
 from dmem_lsp import __version__
 from dmem_lsp.lsp.errors import RequestFailed, request_failure
 from dmem_lsp.lsp.lifecycle import Lifecycle
 from dmem_lsp.lsp.loading import STATUS, EngineLoading
 from dmem_lsp.lsp.messages import as_json
-from dmem_lsp.lsp.progress import Progress
 from dmem_lsp.lsp.protocol import DmemProtocol, QuietExpectedErrors, keep_source, unread_source
 from dmem_lsp.runtime.assist import Answer
 from dmem_lsp.runtime.settings import ENGINE_KEYS, Settings, merge, parse_settings
@@ -48,7 +46,7 @@ MAX_UNOPENED_BYTES = 4 * 2**20
 """The largest file read from disk for a request about a document the editor did not open (4 MiB)."""
 
 
-class DmemServer(EngineLoading, Progress, Lifecycle, LanguageServer):
+class DmemServer(EngineLoading, Lifecycle):
     def __init__(self, overrides: dict[str, Any] | None = None) -> None:
         super().__init__(
             name="dmem-lsp",
