@@ -1,9 +1,10 @@
 """Completion: ``textDocument/inlineCompletion`` (ghost text) and ``textDocument/completion``.
 
 Both ask ``assist.complete`` for the text after the cursor, run on the worker and superseded
-by a newer completion of the same document. ``textDocument/completion`` is registered only
-for a client without inline completion (``register_completion``), so that no client asks for
-both. An inline completion carries the command ``dmem.acceptCompletion`` (commands.py).
+by a newer completion of the same document. ``textDocument/completion`` is registered (by
+``features.initialize``) only for a client without inline completion (``wants_completion``),
+so that no client asks for both. An inline completion carries the command
+``dmem.acceptCompletion`` (commands.py).
 """
 
 from __future__ import annotations
@@ -14,25 +15,17 @@ from dmem_lsp.lsp.server import DmemServer
 from dmem_lsp.runtime import assist
 from dmem_lsp.runtime.prompts import window
 
-__all__ = ["ACCEPT", "completion", "inline_completion", "register_completion"]
+__all__ = ["ACCEPT", "completion", "inline_completion", "wants_completion"]
 
 ACCEPT = "dmem.acceptCompletion"
 """Command with arguments ``[uri, text]``: the user accepted ``text`` in ``uri``."""
 
 
-def register_completion(ls: DmemServer, capabilities: types.ClientCapabilities) -> None:
-    """From ``initialize``: register textDocument/completion unless the client shows inline completions."""
-    registered = types.TEXT_DOCUMENT_COMPLETION in ls.protocol.fm.features
-    if not registered and not _has_inline_completion(capabilities):
-        # pygls builds the capabilities after this handler: completionProvider is advertised
-        # only here, so a client never asks for both and runs two generations per pause
-        ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
-
-
-def _has_inline_completion(capabilities: types.ClientCapabilities) -> bool:
-    """Whether the client shows inline completions (ghost text) itself, as VS Code does."""
+def wants_completion(capabilities: types.ClientCapabilities) -> bool:
+    """Whether the client needs textDocument/completion: it does not show inline completions
+    (ghost text) itself, as VS Code does."""
     text_document = capabilities.text_document
-    return text_document is not None and text_document.inline_completion is not None
+    return text_document is None or text_document.inline_completion is None
 
 
 async def _complete(

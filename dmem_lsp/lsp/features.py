@@ -15,7 +15,7 @@ from typing import Any
 from lsprotocol import types
 
 from dmem_lsp.lsp import commands, explain, sync
-from dmem_lsp.lsp.completion import ACCEPT, inline_completion, register_completion
+from dmem_lsp.lsp.completion import ACCEPT, completion, inline_completion, wants_completion
 from dmem_lsp.lsp.documents import use_documents
 from dmem_lsp.lsp.explain import EXPLAIN, EXPLAIN_COMMAND
 from dmem_lsp.lsp.server import DmemServer
@@ -54,7 +54,11 @@ def create_server(overrides: dict[str, Any] | None = None) -> DmemServer:
 def initialize(ls: DmemServer, params: types.InitializeParams) -> None:
     use_documents(ls.workspace)  # edits of a huge document cost no loop over its lines
     ls.apply_settings(params.initialization_options)
-    register_completion(ls, params.capabilities)
+    registered = types.TEXT_DOCUMENT_COMPLETION in ls.protocol.fm.features
+    if not registered and wants_completion(params.capabilities):
+        # pygls builds the capabilities after this handler: completionProvider is advertised
+        # only here, so a client never asks for both and runs two generations per pause
+        ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(completion)
 
 
 def initialized(ls: DmemServer, params: types.InitializedParams) -> None:
