@@ -12,7 +12,7 @@ what it expects and what was wrong. The converter is lsprotocol's (its types, su
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
@@ -86,7 +86,8 @@ class Explain(Arguments):
 
     text_document: types.TextDocumentIdentifier
     range: types.Range
-    work_done_token: Union[int, str, None] = None  # noqa: UP007 (cattrs structures typing's unions on 3.10)
+    work_done_token: int | str | None = None
+    """Passed through as given (lsprotocol's converter does not check a ProgressToken)."""
 
 
 @attrs.frozen
@@ -97,8 +98,8 @@ class DebugStep(Arguments):
     USAGE: ClassVar[str] = "[text], [uri, text] or [{uri?, text, kind?}]"
 
     text: str = attrs.field(validator=_not_blank)
-    uri: Union[str, None] = None  # noqa: UP007
-    kind: Union[str, None] = None  # noqa: UP007
+    uri: str | None = None
+    kind: str | None = None
     """What the step is ("stack trace", "test failure"); "note" when not said."""
 
 
@@ -121,8 +122,8 @@ class ResetMemory(Arguments):
     POSITIONAL: ClassVar[dict[int, tuple[str, ...]]] = {0: (), 1: ("store",), 2: ("store", "folder")}
     USAGE: ClassVar[str] = "[], [store], [store, folderUri] or [{store?, folder?}]"
 
-    store: Union[str, None] = None  # noqa: UP007
-    folder: Union[str, None] = None  # noqa: UP007
+    store: str | None = None
+    folder: str | None = None
     """A URI in the folder."""
 
 
@@ -133,7 +134,7 @@ class MemoryStatus(Arguments):
     POSITIONAL: ClassVar[dict[int, tuple[str, ...]]] = {0: (), 1: ("folder",)}
     USAGE: ClassVar[str] = "[], [folderUri] or [{folder?}]"
 
-    folder: Union[str, None] = None  # noqa: UP007
+    folder: str | None = None
     """A URI in the folder."""
 
 
