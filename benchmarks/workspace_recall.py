@@ -58,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import served_task as task
 
+from dmem_lsp.lsp.framing import CHUNK, Frame, FrameParser
+
 log = logging.getLogger("workspace_recall")
 
 TIMEOUT = float(os.environ.get("WORKSPACE_RECALL_TIMEOUT", "300"))
@@ -94,20 +96,13 @@ class Server:
         self.notify("initialized", {})
 
     def _read(self) -> None:
-        stdout = self.process.stdout
-        while True:
-            length = None
-            while True:
-                line = stdout.readline()
-                if not line:
-                    self.messages.put(None)
-                    return
-                if line == b"\r\n":
-                    break
-                name, _, value = line.decode("ascii").partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            self.messages.put(json.loads(stdout.read(length)))
+        """The server's messages onto ``messages`` (the server's own frame reader), then None at its end."""
+        stdout, parser = self.process.stdout, FrameParser()
+        while data := stdout.read1(CHUNK):
+            for event in parser.feed(data):
+                if isinstance(event, Frame):
+                    self.messages.put(json.loads(event.body))
+        self.messages.put(None)
 
     def send(self, message: dict[str, Any]) -> None:
         body = json.dumps(message).encode()

@@ -16,6 +16,11 @@ internal error, and internal errors carry the Python traceback to the client. He
 - ``receive_junk`` handles bytes that were not a message (see ``framing``): logged, and a
   request found at their start is answered with InvalidRequest saying why.
 - Errors are sent as one line; tracebacks stay in the log.
+
+pygls 2.1 has no public API for some of this (its protocol's send and response methods, its
+pending requests, its shutdown flag, a document's unread source, the stop event and socket server
+its ``shutdown`` closes): every use of a private pygls member in this package is here, in
+``DmemProtocol`` or in the named functions at the end, each saying why.
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
-import attrs
 import cattrs
 from lsprotocol import types
 from lsprotocol.types import ErrorCodes
@@ -34,27 +38,38 @@ from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInva
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from dmem_lsp.lsp.framing import Frame, Junk
+from dmem_lsp.lsp.messages import (
+    INVALID_REQUEST,
+    NOT_INITIALIZED,
+    Rejected,
+    as_json,
+    decode,
+    is_notification,
+    one_line,
+    salvage_request,
+    valid_id,
+)
 
-__all__ = ["DmemProtocol", "QuietExpectedErrors", "as_json", "salvage_request"]
+if TYPE_CHECKING:
+    from pygls.server import JsonRPCServer
+    from pygls.workspace import TextDocument
+
+__all__ = [
+    "DmemProtocol",
+    "QuietExpectedErrors",
+    "as_json",
+    "keep_source",
+    "salvage_request",
+    "stop_on_shutdown",
+    "close_on_shutdown",
+    "unread_source",
+]
 
 log = logging.getLogger(__name__)
 
-PARSE_ERROR = int(ErrorCodes.ParseError)
-INVALID_REQUEST = int(ErrorCodes.InvalidRequest)
-NOT_INITIALIZED = int(ErrorCodes.ServerNotInitialized)
 DECODE_OFF_LOOP = 2**20
 """Bodies larger than this (1 MiB) are decoded on a thread, not on the event loop."""
 _ENVELOPE = {"jsonrpc", "id", "method", "params"}
-
-
-def as_json(value: Any) -> Any:
-    """pygls hands custom messages' params (and untyped results) over as nested namedtuples:
-    back to plain JSON values."""
-    if hasattr(value, "_asdict"):
-        return {key: as_json(item) for key, item in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [as_json(item) for item in value]
-    return value
 
 
 class _Answered:
@@ -92,91 +107,6 @@ class QuietExpectedErrors(logging.Filter):
         return True
 
 
-_KEY = re.compile(r'"(id|method)"\s*:\s*')
-
-
-def salvage_request(prefix: bytes) -> tuple[int | str, str | None] | None:
-    """The id (and method, if it comes before the break) of the message whose body starts
-    with ``prefix``, if its id can be read.
-
-    Only top-level ``"id"`` and ``"method"`` members count (not ones inside params), and a
-    number at the very end may have been cut, so a broken body is answered under its own
-    id or not at all.
-    """
-    text = prefix.decode("utf-8", "replace").lstrip()
-    if not text.startswith("{"):
-        return None
-    found: dict[str, Any] = {}
-    decoder = json.JSONDecoder()
-    depth, in_string, escaped, i = 0, False, False, 0
-    while i < len(text) and len(found) < 2:
-        char = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            key = _KEY.match(text, i) if depth == 1 else None
-            if key is not None:
-                try:
-                    value, i = decoder.raw_decode(text, key.end())
-                except ValueError:
-                    break  # cut inside the value
-                if i == len(text) and not isinstance(value, str):
-                    break  # a number at the end may have been cut short
-                found.setdefault(key.group(1), value)
-                continue
-            in_string = True
-        elif char in "{[":
-            depth += 1
-        elif char in "}]":
-            depth -= 1
-            if depth <= 0:
-                break
-        i += 1
-    msg_id, method = found.get("id"), found.get("method")
-    if not _valid_id(msg_id):
-        return None
-    return msg_id, method if isinstance(method, str) else None
-
-
-def _valid_id(value: Any) -> bool:
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
-
-
-def _is_notification(method: str) -> bool:
-    """An LSP notification method (its message has no id)."""
-    message_type = types.METHOD_TO_TYPES.get(method, (None,))[0]
-    return message_type is not None and "id" not in attrs.fields_dict(message_type)
-
-
-class _Rejected(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _decode(body: bytes) -> Any:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise _Rejected(PARSE_ERROR, f"parse error: the message is not UTF-8 (byte {error.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _Rejected(PARSE_ERROR, f"parse error: {error}") from None
-    except RecursionError:
-        raise _Rejected(INVALID_REQUEST, "the message is nested too deeply") from None
-
-
-def _one_line(message: str, limit: int = 1000) -> str:
-    line = " ".join(str(message).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 class DmemProtocol(LanguageServerProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -187,6 +117,7 @@ class DmemProtocol(LanguageServerProtocol):
         self.client_gone = False
         """Set when writing to the client failed (it quit): nothing more is sent."""
 
+    # pygls' one way out: everything sent (pygls' answers, notifications, ours) passes here
     def _send_data(self, data: Any) -> None:
         """Send ``data``, unless the client has gone: once its end of the pipe is closed, what
         is left to do (saving memory as the client quits) must not be broken off by messages
@@ -206,22 +137,23 @@ class DmemProtocol(LanguageServerProtocol):
             log.warning("a message was framed wrongly (%s): resynchronised", frame.note)
         try:
             if len(frame.body) > DECODE_OFF_LOOP:
-                data = await asyncio.get_running_loop().run_in_executor(None, _decode, frame.body)
+                data = await asyncio.get_running_loop().run_in_executor(None, decode, frame.body)
             else:
-                data = _decode(frame.body)
-        except _Rejected as error:
+                data = decode(frame.body)
+        except Rejected as error:
             self._answer_broken(frame.body, error.code, error.message, or_null=True)
             return
         try:
             self.receive_message(data)
         except Exception:  # pygls answers what it handles; this is a bug of ours
             log.exception("cannot handle a message")
-            if isinstance(data, dict) and "method" in data and _valid_id(data.get("id")):
+            if isinstance(data, dict) and "method" in data and valid_id(data.get("id")):
                 self._error(data["id"], int(ErrorCodes.InternalError), "internal error: see the server's log")
 
     def receive_junk(self, junk: Junk) -> None:
         log.warning("skipped malformed input (%d bytes): %s", junk.size, junk.reason)
         if junk.too_large:  # a message dropped unread: the user may wonder where it went
+            # the server this protocol belongs to: pygls keeps it only as ``_server``
             self._server.window_show_message(
                 types.ShowMessageParams(
                     type=types.MessageType.Warning, message=f"dmem-lsp ignored a message: {junk.reason}"
@@ -261,7 +193,7 @@ class DmemProtocol(LanguageServerProtocol):
             shown = json.dumps(method)[:40]
             self._reject(is_request, msg_id, f"invalid request: the method must be a string, not {shown}")
             return
-        if is_request and not _valid_id(msg_id):
+        if is_request and not valid_id(msg_id):
             shown = json.dumps(msg_id)[:40]
             self._reject(
                 is_request, None, f"invalid request {method}: the id must be a number or a string, not {shown}"
@@ -270,7 +202,7 @@ class DmemProtocol(LanguageServerProtocol):
         if data.get("jsonrpc") != "2.0":
             self._reject(is_request, msg_id, f'invalid request {method}: "jsonrpc" must be "2.0"')
             return
-        if is_request and _is_notification(method):
+        if is_request and is_notification(method):
             log.warning("%s is a notification but came with id %s: handled as one and answered null", method, msg_id)
             self._send_data({"jsonrpc": "2.0", "id": msg_id, "result": None})
             is_request = False
@@ -298,7 +230,7 @@ class DmemProtocol(LanguageServerProtocol):
 
     def _receive_response(self, data: dict[str, Any]) -> None:
         """A response to a request of the server's; never answered, so only logged when broken."""
-        if not _valid_id(data.get("id")) or not ("result" in data or "error" in data):
+        if not valid_id(data.get("id")) or not ("result" in data or "error" in data):
             if "id" in data:
                 log.warning("ignoring a response that has no valid id, result or error: %.200s", json.dumps(data))
             else:
@@ -314,18 +246,19 @@ class DmemProtocol(LanguageServerProtocol):
         """Answer a request with an error (id null if its id is invalid); a notification is only logged."""
         if is_request:
             log.warning("%s", message)
-            self._error(msg_id if _valid_id(msg_id) else None, code, message)
+            self._error(msg_id if valid_id(msg_id) else None, code, message)
         else:
             log.warning("ignoring a notification: %s", message)
 
     def _error(self, msg_id: int | str | None, code: int, message: str) -> None:
-        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": _one_line(message)}})
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": one_line(message)}})
 
+    # pygls' one way to answer a request (its handlers' errors included): overridden to shorten them
     def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
         """One line in the error; a traceback (pygls puts it in ``data``) stays in the log."""
         if error is not None:
             data = None if isinstance(error.data, dict) and "traceback" in error.data else error.data
-            error = types.ResponseError(code=error.code, message=_one_line(error.message), data=data)
+            error = types.ResponseError(code=error.code, message=one_line(error.message), data=data)
         super()._send_response(msg_id, result, error)
 
     # -- shutdown ----------------------------------------------------------------------------
@@ -335,12 +268,14 @@ class DmemProtocol(LanguageServerProtocol):
         """Cancel every pending request (each is answered RequestCancelled), then the server's handler."""
         self.shutdown_requested = True
         current = self.msg_id
+        # pygls keeps the requests it is answering only in ``_request_futures``; cancelling one
+        # is what ``$/cancelRequest`` does (it answers RequestCancelled)
         for msg_id, future in list(self._request_futures.items()):  # callbacks may remove entries
             if msg_id != current and not future.done():
                 future.cancel()
         if (user_handler := self.fm.features.get(types.SHUTDOWN)) is not None:
             yield user_handler, args, None
-        self._shutdown = True
+        self._shutdown = True  # what pygls' own shutdown handler sets: later messages are refused
         return None
 
     # -- what pygls structures ---------------------------------------------------------------
@@ -365,3 +300,33 @@ class DmemProtocol(LanguageServerProtocol):
         if isinstance(message, _Answered):
             return
         super().handle_message(message)
+
+
+# -- pygls members with no public API -----------------------------------------------------------
+
+
+def unread_source(document: TextDocument) -> str | None:
+    """The text of ``document`` if the editor opened it (or ``keep_source`` gave it), else None.
+
+    pygls' public ``source`` reads a document the editor did not open from disk, whatever the
+    file is (a FIFO blocks it, ``/dev/zero`` never ends): only its private ``_source`` tells
+    whether there is text without reading."""
+    return document._source
+
+
+def keep_source(document: TextDocument, text: str) -> None:
+    """Give a document the editor did not open the text read from disk (``_source``: else
+    pygls would read the file again on every access of ``source``)."""
+    document._source = text
+
+
+def stop_on_shutdown(server: JsonRPCServer) -> threading.Event:
+    """A stop event that pygls' ``JsonRPCServer.shutdown`` sets: it sets only ``_stop_event``, and
+    a server running its own transport (``start_io``) makes that event itself."""
+    server._stop_event = event = threading.Event()
+    return event
+
+
+def close_on_shutdown(server: JsonRPCServer, tcp_server: asyncio.Server) -> None:
+    """Have pygls' ``JsonRPCServer.shutdown`` close ``tcp_server`` (it closes only ``_server``)."""
+    server._server = tcp_server
