@@ -1,5 +1,7 @@
 """Workspace memory from a terminal: ``--reset-memory``, ``memory status|export|import``.
 
+``memory status`` prints the page the editors show (``workspace/status_page``), Markdown.
+
 These work whether or not a server is running. Without one, the command takes the
 folder's lock and changes the files itself. With one (the lock is held), it leaves a
 request in the memory's ``requests/`` folder; the server carries it out at once (it
@@ -22,6 +24,7 @@ from dmem_lsp.workspace import operations
 from dmem_lsp.workspace.files import StoreError
 from dmem_lsp.workspace.manifest import record_import, record_reset
 from dmem_lsp.workspace.state_file import Saved
+from dmem_lsp.workspace.status_page import folder_status, status_markdown
 from dmem_lsp.workspace.store import WorkspaceStore
 
 __all__ = ["reset_memory", "memory_status", "export_store", "import_store"]
@@ -88,15 +91,13 @@ def reset_memory(workspace: Path, store: str | None) -> int:
 
 
 def memory_status(workspace: Path) -> int:
+    """The status page the editors show (``status_page``), from the files, with who holds them."""
     files = WorkspaceStore(workspace)
     if not files.dir.is_dir():
         return _no_memory(files)
     manifest, problem = files.read_manifest(move_aside=False)
-    if problem:
-        print(f"manifest   {problem}")
-    size = files.state_path.stat().st_size if files.state_path.exists() else 0
-    print(f"workspace  {files.root}\nmemory     {files.dir} ({size} bytes)")
-    print(f"server     {'running: ' + files.holder() if not files.acquire() else 'not running'}")
+    problems = [f"manifest: {problem}"] if problem else []
+    server = "not running" if files.acquire() else f"running: {files.holder()}"
     files.release()
     states = {}
     if files.state_path.exists():
@@ -105,22 +106,9 @@ def memory_status(workspace: Path) -> int:
             states = saved.states
             manifest.update(tokens=saved.tokens)
         except StoreError as error:
-            print(f"state      unreadable: {error}")
-    backbone = manifest.get("backbone", {})
-    print(f"backbone   {backbone.get('id', '?')}   adapter sha256 {str(manifest.get('adapter_sha256', '?'))[:16]}")
-    for store, status in operations.stores_status(manifest, states, last=3).items():
-        digest = status["sha256"][:16] if status["sha256"] else "-"
-        print(f"  {store:<12} {status['tokens']:>9} tokens   state {digest}")
-        for entry in status["lastWrites"]:
-            print(
-                f"      {entry['time']}  {entry.get('kind', '')}: {entry.get('source', '')} "
-                f"({entry.get('tokens', 0)} tokens)"
-            )
-    skipped = operations.skipped(manifest, last=5)
-    if skipped:
-        print("  not written:")
-        for entry in skipped:
-            print(f"      {entry['time']}  {entry.get('source', '')}: {entry['skipped']}")
+            problems.append(f"state unreadable: {error}")
+    status = folder_status(files, manifest, states, files.root.as_uri(), server=server, problems=problems)
+    print(status_markdown([status]), end="")
     return 0
 
 

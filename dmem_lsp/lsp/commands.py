@@ -8,7 +8,8 @@ fit), waits for the engine, and asks the learner (``workspace/learning``):
 - ``dmem.acceptCompletion`` ``[uri, text]`` (an inline completion's command);
 - ``dmem.resetMemory`` ``[]``, ``[store]``, ``[store, folderUri]`` or ``[{store?, folder?}]``: all
   stores of every folder by default → ``{folders, stores}``;
-- ``dmem.memoryStatus`` ``[]``, ``[folderUri]`` or ``[{folder?}]`` → ``{folders}``.
+- ``dmem.memoryStatus`` ``[]``, ``[folderUri]`` or ``[{folder?}]`` → ``{folders, markdown}``: the
+  facts per folder, and the page every client shows (``workspace/status_page``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dmem_lsp.lsp.completion import ACCEPT
 from dmem_lsp.lsp.errors import RequestFailed
 from dmem_lsp.lsp.messages import as_json
 from dmem_lsp.lsp.server import DmemServer
+from dmem_lsp.workspace.status_page import status_markdown
 
 __all__ = [
     "ACCEPT",
@@ -92,4 +94,5 @@ async def reset_memory(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
 async def memory_status(ls: DmemServer, *arguments: Any) -> dict[str, Any]:
     options = parse(STATUS_COMMAND, MemoryStatus, arguments)
     await ls.wait_for_engine()
-    return {"folders": [ls.learner.status(memory) for memory in _folders(ls, options.folder)]}
+    folders = [ls.learner.status(memory) for memory in _folders(ls, options.folder)]
+    return {"folders": folders, "markdown": status_markdown(folders)}

@@ -1,9 +1,9 @@
-"""Reset, import and status of a folder's memory in the running server.
+"""Reset and import of a folder's memory in the running server.
 
-Called for the editor's commands (``dmem.resetMemory``, ``dmem.memoryStatus``) and for the
-requests a terminal leaves in the memory's ``requests/`` folder (``carry_out``; see
-``dmem_lsp.cli.memory``). What a reset zeroes, what an import checks and what status reports
-are ``operations``' (shared with the terminal); here they run on the inference worker.
+Called for the editor's ``dmem.resetMemory`` and for the requests a terminal leaves in the
+memory's ``requests/`` folder (``carry_out``; see ``dmem_lsp.cli.memory``). What a reset
+zeroes and what an import checks are ``operations``' (shared with the terminal); here they
+run on the inference worker. A folder's status is ``status_page``'s.
 
 A reset or import wins over a write in progress: it bumps its stores' epochs on the worker,
 so a write begun before stops before its next chunk. Neither is cancellable once begun,
@@ -29,7 +29,7 @@ __all__ = ["Commands"]
 
 
 class Commands:
-    """Resets, imports, terminal requests and status, for any open folder."""
+    """Resets, imports and terminal requests, for any open folder."""
 
     def __init__(self, host: Host, writer: Writer) -> None:
         self.host, self.writer = host, writer
@@ -100,16 +100,3 @@ class Commands:
             result = {"ok": False, "message": str(error)}
         atomic_write(result_path, json.dumps(result).encode())
         path.unlink(missing_ok=True)
-
-    def status(self, memory: WorkspaceMemory, last: int = 5) -> dict[str, Any]:
-        files = memory.files
-        return {
-            "folder": memory.uri,
-            "directory": str(files.dir),
-            "readOnly": memory.read_only,
-            "adapter": str(memory.adapter.source or "a fresh adapter (--adapter none)"),
-            "config": str(memory.config.path) if memory.config.path else None,
-            "fileBytes": files.state_path.stat().st_size if files.state_path.exists() else 0,
-            "stores": operations.stores_status(memory.manifest, memory.states, last),
-            "skipped": operations.skipped(memory.manifest, last),
-        }

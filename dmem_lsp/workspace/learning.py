@@ -8,7 +8,7 @@ the work:
 - ``sources``: convention files, the user's edits and debugging steps, as texts to write;
 - ``writer``: writes on the inference worker, the audit log, ``dmem/memory`` notifications
   and (debounced) saves;
-- ``commands``: resets, imports, terminal requests and status;
+- ``commands``: resets, imports and terminal requests (a folder's status is ``status_page``'s);
 - ``watch``: a watchdog observer for changes made outside the editor (``.gitignore`` and
   ``.dmemignore`` reload the policy, ``.dmem/config.toml`` reopens the folder, a convention
   file is learned again), debounced per path.
@@ -35,6 +35,7 @@ from dmem_lsp.workspace.config import CONFIG_PATH, WorkspaceConfigError, read_wo
 from dmem_lsp.workspace.folders import Folders, WorkspaceMemory, open_files
 from dmem_lsp.workspace.host import Host
 from dmem_lsp.workspace.sources import CONVENTION_DEPTH, Sources
+from dmem_lsp.workspace.status_page import LAST, memory_status
 from dmem_lsp.workspace.watch import Watch
 from dmem_lsp.workspace.writer import MEMORY_EVENT, Writer
 
@@ -116,8 +117,8 @@ class Learner:
     async def import_store(self, memory: WorkspaceMemory, snapshot: Path, source: str) -> str:
         return await self.commands.import_store(memory, snapshot, source)
 
-    def status(self, memory: WorkspaceMemory, last: int = 5) -> dict[str, Any]:
-        return self.commands.status(memory, last)
+    def status(self, memory: WorkspaceMemory, last: int = LAST) -> dict[str, Any]:
+        return memory_status(memory, last)
 
     async def save(self, memory: WorkspaceMemory) -> bool:
         return await self.writer.save(memory)

@@ -68,9 +68,10 @@ def test_status_from_a_subdirectory_is_the_repository_s_and_needs_no_torch(proje
     root, data, states = project
     result = no_torch(run(data, root / "src" / "pkg", "memory", "status"))
     assert result.returncode == 0, result.stderr
-    assert f"workspace  {root}\n" in result.stdout and "has no memory" not in result.stderr
+    assert f"## {root}\n" in result.stdout and "has no memory" not in result.stderr
+    assert "Server: not running." in result.stdout and "Backbone: `tiny/test`, adapter sha256 `aaaa" in result.stdout
     for store, tokens in (("conventions", 10), ("debug", 20), ("edits", 30)):
-        assert f"{store:<12} {tokens:>9} tokens   state {state_sha256(states[store])[:16]}" in result.stdout
+        assert f"| {store} | {tokens} | `{state_sha256(states[store])[:16]}` |" in result.stdout
 
 
 def test_reset_from_a_subdirectory_zeroes_the_repository_s_store_without_torch(project):

@@ -24,6 +24,7 @@ from lsprotocol import types
 from safetensors.torch import load_file
 
 from dmem_lsp.workspace.state_file import state_sha256
+from dmem_lsp.workspace.status_page import status_markdown
 from tests.dmem_lsp.lsp import TIMEOUT, plain, server_env, start, stop, wait_for_memory, wait_for_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -105,7 +106,9 @@ async def command(client, name: str, *arguments):
 
 
 async def status(client) -> dict:
-    (folder,) = (await command(client, "dmem.memoryStatus"))["folders"]
+    answer = await command(client, "dmem.memoryStatus")
+    (folder,) = answer["folders"]
+    assert answer["markdown"] == status_markdown(answer["folders"])  # the page is of the facts answered
     return folder
 
 
@@ -305,7 +308,7 @@ async def test_a_reset_from_a_terminal_reaches_the_running_server(box):
     assert now["conventions"] == before["conventions"] and now["debug"] == before["debug"]
     assert not torch.count_nonzero(disk_states(folder)["edits"])
     report = await asyncio.to_thread(run_cli, box, "memory", "status", "--workspace", str(box.workspace))
-    assert report.returncode == 0 and "running: pid" in report.stdout and "conventions" in report.stdout
+    assert report.returncode == 0 and "Server: running: pid" in report.stdout and "| conventions |" in report.stdout
 
 
 async def test_a_second_server_opens_the_memory_read_only(box):
@@ -315,6 +318,8 @@ async def test_a_second_server_opens_the_memory_read_only(box):
         assert opened[0]["readOnly"] is True
         assert any("read-only" in m.message for m in second.messages)
         assert hashes(await status(second)) == hashes(await settled(box.client))
+        page = (await command(second, "dmem.memoryStatus"))["markdown"]
+        assert "**read-only**: another dmem-lsp holds it" in page, page
         result = await command(second, "dmem.rememberDebugStep", "a step")
         assert result["tokens"] == 0
     finally:

@@ -1,7 +1,5 @@
-"""The store names are defined once, in memory/config.py; the editor copies must match it.
-
-The Neovim plugin lists them for completion and checking before it asks the server, so a
-store added or renamed in Python must be changed there too: this test says where.
+"""The store names are defined once, in memory/config.py: the command line takes them from
+there, and the editors from the server (its memoryStatus answer), never from a copy.
 """
 
 from __future__ import annotations
@@ -17,10 +15,6 @@ from memory.config import DEFAULT_STORES
 NEOVIM = Path(__file__).resolve().parents[2] / "editors" / "neovim"
 
 
-def lua_strings(text: str) -> tuple[str, ...]:
-    return tuple(re.findall(r"'([^']*)'", text))
-
-
 def test_the_command_line_offers_the_stores_of_the_config():
     assert STORES == DEFAULT_STORES
     parser = build_parser()
@@ -31,12 +25,12 @@ def test_the_command_line_offers_the_stores_of_the_config():
         parser.parse_args(["--reset-memory", "--store", "nope"])
 
 
-def test_the_neovim_copies_match():
-    commands = (NEOVIM / "lua" / "dmem" / "commands.lua").read_text()
-    listed = re.search(r"^M\.STORES = \{([^}]*)\}", commands, re.M)
-    assert listed, "commands.lua defines M.STORES"
-    assert lua_strings(listed.group(1)) == DEFAULT_STORES, "editors/neovim/lua/dmem/commands.lua: M.STORES"
-    plugin = (NEOVIM / "plugin" / "dmem.lua").read_text()
-    completion = re.search(r"complete = function\(\)\s*return \{([^}]*)\}", plugin)
-    assert completion, "plugin/dmem.lua completes the store names"
-    assert lua_strings(completion.group(1)) == DEFAULT_STORES, "editors/neovim/plugin/dmem.lua: the reset completion"
+def test_the_editors_name_no_store():
+    """Neovim's completion and check of :DmemResetMemory, and VS Code's choices, take the names
+    from the server's memoryStatus answer: a store added in Python needs no editor change."""
+    sources = [*(NEOVIM / "lua").rglob("*.lua"), *(NEOVIM / "plugin").rglob("*.lua"), *(NEOVIM / "lsp").rglob("*.lua")]
+    sources += (NEOVIM.parent / "vscode" / "src").rglob("*.ts")
+    for path in sources:
+        text = path.read_text()
+        for store in DEFAULT_STORES:
+            assert not re.search(rf"""['"]{store}['"]""", text), f"{path} names the store {store}; ask the server"

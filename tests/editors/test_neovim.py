@@ -283,6 +283,16 @@ def test_a_session_in_neovim(
         )
         editor.wait("(require('dmem').folder_memory(0).debug or 0) > 0", "the diagnostic to reach the debug store")
 
+        # :DmemResetMemory completes the stores the server names, and refuses another
+        assert editor.lua("return vim.fn.getcompletion('DmemResetMemory ', 'cmdline')") == [
+            "conventions",
+            "debug",
+            "edits",
+        ]
+        assert editor.lua("return vim.fn.getcompletion('DmemResetMemory e', 'cmdline')") == ["edits"]
+        with pytest.raises(pynvim.NvimError, match="no store nope; the stores are conventions, debug, edits"):
+            nvim.command("DmemResetMemory! nope")
+
         # :DmemResetMemory! edits resets that store on disk
         nvim.command("DmemResetMemory! edits")
         editor.wait("(require('dmem').last_event or {}).event == 'reset'", "the reset")
@@ -294,15 +304,15 @@ def test_a_session_in_neovim(
         states = load_file(folder / "state.safetensors")
         assert not states["edits"].any() and states["debug"].any()
 
-        # :DmemStatus shows the memory; :checkhealth dmem finds the server ready
+        # :DmemStatus shows the server's page (a row per store, the adapter); :checkhealth dmem finds the server ready
         nvim.command("DmemStatus")
         editor.wait(
             "(function() for _, w in ipairs(vim.api.nvim_list_wins()) do"
             " if vim.api.nvim_win_get_config(w).relative ~= '' then"
             " return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n')"
-            ":find('edits: 0 tokens', 1, true) ~= nil"
+            ":find('| edits | 0 |', 1, true) ~= nil"
             " and table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n')"
-            ":find('- adapter: `', 1, true) ~= nil"
+            ":find('Adapter: `', 1, true) ~= nil"
             " end end end)()",
             "the status window",
         )

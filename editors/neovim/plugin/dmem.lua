@@ -26,8 +26,10 @@ vim.api.nvim_create_user_command('DmemResetMemory', function(args)
 end, {
   nargs = '?',
   bang = true,
-  complete = function()
-    return { 'conventions', 'debug', 'edits' }
+  complete = function(lead) -- the stores the server names for this buffer's memory
+    return vim.tbl_filter(function(name)
+      return vim.startswith(name, lead)
+    end, commands().stores(vim.api.nvim_get_current_buf()))
   end,
   desc = "dmem: reset this workspace's memory (one store, or all); ! skips the question",
 })

@@ -8,7 +8,6 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { LSPErrorCodes, ResponseError } from 'vscode-languageclient/node';
 import { runDoctor } from './doctor';
-import { memoryMarkdown } from './memory';
 import { messageOf, Session } from './session';
 
 export function registerCommands(session: Session): vscode.Disposable[] {
@@ -75,7 +74,7 @@ async function rememberSelection(session: Session): Promise<void> {
 }
 
 async function showMemoryStatus(session: Session): Promise<void> {
-  await session.documents.show('dmem memory', memoryMarkdown(await session.memoryStatus()));
+  await session.documents.show('dmem memory', (await session.memoryStatus()).markdown);
 }
 
 interface Choice<T> extends vscode.QuickPickItem {

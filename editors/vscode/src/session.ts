@@ -15,19 +15,15 @@ import { MemoryEvent, StatusBar } from './status';
 /** How long the server gets to answer `shutdown` (it saves every folder's memory then). */
 const STOP_TIMEOUT_MS = 4000;
 
-/** `dmem.memoryStatus`, the parts the extension reads. */
+/** `dmem.memoryStatus`, the parts the extension reads: the page the server writes, and per
+ * folder its tokens per store (the status bar, the reset's choices). */
 export interface MemoryStatus {
   folders: {
     folder: string;
-    directory: string;
-    readOnly: boolean;
-    fileBytes: number;
-    /** The adapter the folder's memory is made with, and the `.dmem/config.toml` naming it (if any). */
-    adapter?: string;
-    config?: string | null;
-    stores: Record<string, { tokens: number; sha256: string; lastWrites: Record<string, unknown>[] }>;
-    skipped: Record<string, unknown>[];
+    stores: Record<string, { tokens: number }>;
   }[];
+  /** The status page (markdown), the same in every editor and in `dmem-lsp memory status`. */
+  markdown: string;
 }
 
 export class Session implements vscode.Disposable {

@@ -187,11 +187,16 @@ test('a whole session of the extension with the real server', { skip: setup.skip
     assert.equal(folder.folder, workspace.uri);
     assert.deepEqual(Object.keys(folder.stores).sort(), ['conventions', 'debug', 'edits']);
     assert.ok(folder.stores.edits.tokens > 0 && folder.stores.conventions.tokens > 0);
+    // the page every client shows: a row per store, the adapter
+    assert.ok(status1.markdown.startsWith('# dmem memory\n'), status1.markdown);
+    assert.ok(status1.markdown.includes(`| edits | ${folder.stores.edits.tokens} |`), status1.markdown);
+    assert.match(status1.markdown, /Adapter: `[^`]+`/);
     const remembered = await execute('dmem.rememberDebugStep', workspace.fileUri, 'ZeroDivisionError: division by zero in add()');
     assert.ok(remembered.tokens > 0);
     assert.deepEqual(await execute('dmem.resetMemory', 'debug'), { folders: [workspace.uri], stores: ['debug'] });
     const status2 = await execute('dmem.memoryStatus', workspace.uri);
     assert.equal(status2.folders[0].stores.debug.tokens, 0);
+    assert.ok(status2.markdown.includes('| debug | 0 |'), status2.markdown);
     assert.equal(status2.folders[0].stores.edits.tokens, folder.stores.edits.tokens);
 
     // what forwarding sends

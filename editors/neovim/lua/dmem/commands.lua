@@ -4,8 +4,6 @@ local compat = require('dmem.compat')
 
 local M = {}
 
-M.STORES = { 'conventions', 'debug', 'edits' }
-
 local function client_or_warn(bufnr)
   local client = compat.client(bufnr)
   if client == nil then
@@ -74,7 +72,8 @@ function M.remember(first, last, text)
   end, bufnr)
 end
 
----The lines :DmemStatus shows for a memoryStatus answer.
+---The lines :DmemStatus shows: the server's state (dmem/status), then the page of a
+---memoryStatus answer (the server writes it: the same in every editor).
 function M.status_lines(status, answer)
   local lines = {
     '# dmem',
@@ -85,25 +84,32 @@ function M.status_lines(status, answer)
     table.insert(lines, string.format('- model: `%s`, adapter: `%s`', status.model, status.adapter or ''))
     table.insert(lines, string.format('- device: %s, quantization: %s', status.device or '?', status.quantization or '?'))
   end
-  for _, folder in ipairs(answer and answer.folders or {}) do
+  if answer and type(answer.markdown) == 'string' then
     table.insert(lines, '')
-    table.insert(lines, '## ' .. vim.uri_to_fname(folder.folder) .. (folder.readOnly and ' (read-only)' or ''))
-    table.insert(lines, string.format('- on disk: `%s` (%d bytes)', folder.directory, folder.fileBytes or 0))
-    if folder.adapter then
-      local config = folder.config ~= vim.NIL and folder.config or nil
-      table.insert(lines, string.format('- adapter: `%s`%s', folder.adapter, config and (' (from `' .. config .. '`)') or ''))
-    end
-    for _, store in ipairs(M.STORES) do
-      local info = folder.stores and folder.stores[store]
-      if info then
-        table.insert(lines, string.format('- %s: %d tokens', store, info.tokens or 0))
-      end
-    end
-    for _, entry in ipairs(folder.skipped or {}) do
-      table.insert(lines, string.format('- skipped %s: %s', entry.source or '?', entry.skipped or ''))
-    end
+    vim.list_extend(lines, vim.split(answer.markdown, '\n', { plain = true }))
   end
   return lines
+end
+
+---The store names of `bufnr`'s memory, as the server's memoryStatus answer gives them
+---(none when no ready server answers within a second).
+function M.stores(bufnr)
+  local client = compat.client(bufnr)
+  if client == nil or require('dmem').status.state ~= 'ready' then
+    return {}
+  end
+  local command = { command = 'dmem.memoryStatus', arguments = { vim.uri_from_bufnr(bufnr) } }
+  local answer = compat.request_sync(client, 'workspace/executeCommand', command, 1000, bufnr)
+  local names = {}
+  for _, folder in ipairs(answer and answer.folders or {}) do
+    for name in pairs(folder.stores or {}) do
+      if not vim.tbl_contains(names, name) then
+        table.insert(names, name)
+      end
+    end
+  end
+  table.sort(names)
+  return names
 end
 
 function M.status()
@@ -130,9 +136,12 @@ function M.reset(store, sure)
   if not client then
     return
   end
-  if store ~= nil and not vim.tbl_contains(M.STORES, store) then
-    vim.notify('dmem: no store ' .. store .. '; the stores are ' .. table.concat(M.STORES, ', '), vim.log.levels.ERROR)
-    return
+  if store ~= nil then -- checked before the question (the server refuses an unknown store anyway)
+    local stores = M.stores(bufnr)
+    if #stores > 0 and not vim.tbl_contains(stores, store) then
+      vim.notify('dmem: no store ' .. store .. '; the stores are ' .. table.concat(stores, ', '), vim.log.levels.ERROR)
+      return
+    end
   end
   local what = store and ('the ' .. store .. ' store') or 'every store'
   if not sure and vim.fn.confirm('dmem: reset ' .. what .. " of this workspace's memory?", '&Yes\n&No', 2) ~= 1 then
