@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
-from dmem_lsp.lsp.protocol import DmemProtocol, close_on_shutdown, stop_on_shutdown
+from dmem_lsp.lsp.protocol import DmemProtocol
+from dmem_lsp.lsp.pygls_internals import close_on_shutdown, stop_on_shutdown
 from dmem_lsp.lsp.reader import CHUNK, serve, stdin_chunks
 
 if TYPE_CHECKING:
