@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import served_task as task
 
-from dmem_lsp.lsp.framing import CHUNK, Frame, FrameParser
+from dmem_lsp.lsp.framing import Frame, FrameParser
+from dmem_lsp.lsp.reader import CHUNK
 
 log = logging.getLogger("workspace_recall")
 

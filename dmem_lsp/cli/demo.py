@@ -14,7 +14,8 @@ Each step is printed (stdout) as it happens; logs, and the server's own stderr, 
    empties it: the answers are the no-memory ones again.
 
 Ctrl-C stops the demo and its server (SIGTERM, then SIGKILL). This process imports torch
-only to build the model; the servers are subprocesses, driven by ``demo_client``.
+only to build the model; the servers are subprocesses, each a ``demo_server.DemoServer``
+driven through ``demo_client``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
-import os
 import signal
 import sys
 import time
@@ -31,17 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from lsprotocol import types
 
-from dmem_lsp.cli.demo_client import TIMEOUT, DemoClient, DemoError, end, forward, saved_after, say, written
-from dmem_lsp.lsp.protocol import as_json
+from dmem_lsp.cli.demo_client import DemoClient, DemoError, saved_after, say, written
+from dmem_lsp.cli.demo_server import DemoServer
 
 __all__ = ["run_demo"]
-
-log = logging.getLogger(__name__)
-
-OPTIONS = {"completion": {"debounceMs": 0, "maxTokens": 8}, "memory": {"saveDebounceMs": 0}}
-SERVER = [sys.executable, "-m", "dmem_lsp"]
 
 
 def run_demo() -> int:
@@ -105,11 +98,14 @@ class Demo:
     def __init__(self, recipe: Any, model: Path, adapter: Path, workspace: Path) -> None:
         self.recipe, self.workspace = recipe, workspace
         self.spec = recipe.workspace
-        self.args = ["--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.client: DemoClient | None = None
+        self.server = DemoServer(workspace, model, adapter)
         self.interrupted = False
         """Ctrl-C came: the demo ends with 130 whatever the step it stopped did."""
+
+    @property
+    def client(self) -> DemoClient | None:
+        """The running server's client."""
+        return self.server.client
 
     async def run(self) -> bool:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -118,7 +114,7 @@ class Demo:
             return await self._steps()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
-            await self.stop_server(quick=True)
+            await self.server.stop(quick=True)
 
     def interrupt(self, task: asyncio.Task | None) -> None:
         """Ctrl-C: flag it, cancel the steps and stop the server (SIGTERM: it saves), so that
@@ -126,13 +122,11 @@ class Demo:
         self.interrupted = True
         if task is not None:
             task.cancel()
-        if self.client is not None and self.client._server is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.client._server.terminate()
+        self.server.terminate()
 
     async def _steps(self) -> bool:
         say("[3/6] the server, memory empty:")
-        await self.start_server()
+        await self.server.start()
         before = await self.ask_all("no memory")
 
         say(f"[4/6] {', '.join(self.spec.conventions)} appears in the workspace; the server writes it into memory:")
@@ -142,7 +136,7 @@ class Demo:
         for relative in self.spec.conventions:
             await self.client.wait_for(f"the write of {relative}", lambda c, r=relative: written(c.events[seen:], r))
         await self.client.wait_for("the save", lambda c: saved_after(c.events[seen:]))
-        state = await self.conventions_state()
+        state = await self.server.conventions_state()
         say(
             f"      conventions store: {state['tokens']} tokens, state sha256 {state['sha256'][:16]}, "
             f"in {state['directory']}"
@@ -151,9 +145,9 @@ class Demo:
         recalled = await self.ask_all("memory", before)
 
         say("[5/6] restart: the server ends (shutdown, exit) and a new one loads the memory from disk:")
-        await self.stop_server()
-        await self.start_server()
-        again = await self.conventions_state()
+        await self.server.stop()
+        await self.server.start()
+        again = await self.server.conventions_state()
         state.pop("directory"), again.pop("directory")
         say(
             f"      conventions store: {again['tokens']} tokens, state sha256 {again['sha256'][:16]}"
@@ -164,10 +158,10 @@ class Demo:
         command = ["dmem-lsp", "--reset-memory", "--workspace", str(self.workspace)]
         say(f"[6/6] reset: $ {' '.join(command)}")
         seen = len(self.client.events)
-        await self.reset_from_a_terminal()
+        await self.server.reset_from_a_terminal()
         await self.client.wait_for("the reset", lambda c: any(e.get("event") == "reset" for e in c.events[seen:]))
         after_reset = await self.ask_all("reset", before)
-        await self.stop_server()
+        await self.server.stop()
         return self.verdict(before, recalled, after_restart, after_reset, again == state)
 
     def verdict(
@@ -196,81 +190,10 @@ class Demo:
         remembered = hits == n if self.recipe.trained else changed > 0
         return remembered and identical == n and same and gone == n
 
-    # -- the server ----------------------------------------------------------------------
-
-    async def start_server(self) -> None:
-        began = time.monotonic()
-        self.client = client = DemoClient()
-        # a session of its own: the terminal's Ctrl-C reaches the demo, which stops the server
-        await client.start_io(*SERVER, *self.args, env=self.env, start_new_session=True)
-        process = client._server  # pygls keeps the process here; its stderr is piped
-        self.stderr = asyncio.ensure_future(forward(process.stderr))
-        say(f"      $ dmem-lsp {' '.join(self.args)}   (pid {process.pid}, stdio)")
-        params = types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            initialization_options=OPTIONS,
-            root_uri=self.workspace.as_uri(),
-            workspace_folders=[types.WorkspaceFolder(uri=self.workspace.as_uri(), name=self.workspace.name)],
-        )
-        await asyncio.wait_for(client.initialize_async(params), TIMEOUT)
-        client.initialized(types.InitializedParams())
-        status = await client.wait_for(
-            "a ready model", lambda c: next((s for s in c.statuses if s["state"] in ("ready", "error")), None)
-        )
-        if status["state"] == "error":
-            raise DemoError(f"the server could not load the demo model: {status['message']}")
-        opened = await client.wait_for(
-            "the workspace's memory", lambda c: next((e for e in c.events if e["event"] in ("opened", "refused")), None)
-        )
-        if opened["event"] == "refused" or opened.get("readOnly"):
-            raise DemoError(f"the server did not open the demo workspace's memory: {opened}")
-        say(f"      ready in {time.monotonic() - began:.1f} s")
-
-    async def stop_server(self, quick: bool = False) -> None:
-        """shutdown and exit, as an editor ends it; SIGTERM, then SIGKILL, when it does not end."""
-        client, self.client = self.client, None
-        if client is None:
-            return
-        process = client._server
-        try:
-            if not quick and process.returncode is None:
-                await asyncio.wait_for(client.shutdown_async(None), 60)
-                client.exit(None)
-                await asyncio.wait_for(process.wait(), 30)
-        except (asyncio.TimeoutError, RuntimeError, ConnectionError) as error:
-            log.warning("the server did not end when asked (%s): stopping it", error or type(error).__name__)
-        finally:
-            await end(process)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.stop(), 10)
-            await asyncio.wait_for(self.stderr, 10)
-
-    async def reset_from_a_terminal(self) -> None:
-        """``dmem-lsp --reset-memory``: with a server running, the server carries it out."""
-        process = await asyncio.create_subprocess_exec(
-            *SERVER, "--reset-memory", "--workspace", str(self.workspace),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
-        )
-        try:
-            output, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
-        finally:
-            await end(process)
-        for line in output.decode(errors="replace").splitlines():
-            say(f"      {line}")
-        if process.returncode != 0:
-            raise DemoError(f"dmem-lsp --reset-memory failed (exit {process.returncode})")
-
-    async def conventions_state(self) -> dict[str, Any]:
-        params = types.ExecuteCommandParams(command="dmem.memoryStatus", arguments=[self.workspace.as_uri()])
-        result = as_json(await asyncio.wait_for(self.client.workspace_execute_command_async(params), TIMEOUT))
-        (folder,) = result["folders"]
-        store = folder["stores"]["conventions"]
-        return {"tokens": store["tokens"], "sha256": store["sha256"], "directory": folder["directory"]}
-
     async def ask_all(self, label: str, compare: list[str] | None = None) -> list[str]:
         answers = []
         for i, query in enumerate(self.spec.queries):
-            answer = await self.ask(query)
+            answer = await self.server.ask(query)
             answers.append(answer)
             note = ""
             if label == "memory":
@@ -284,28 +207,6 @@ class Demo:
                 note = "the no-memory answer ✓" if answer == compare[i] else "NOT the no-memory answer ✗"
             say(f"      {label:>10}  {query.prefix.rsplit(chr(10), 1)[-1]}▌ → {answer!r}  {note}".rstrip())
         return answers
-
-    async def ask(self, query: Any) -> str:
-        """Open the document and ask for the ghost text at its end, as an editor does."""
-        uri = (self.workspace / query.path).as_uri()
-        self.client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=query.text)
-            )
-        )
-        lines = query.prefix.split("\n")
-        params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri),
-            position=types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-        )
-        try:
-            result = await asyncio.wait_for(self.client.text_document_inline_completion_async(params), TIMEOUT)
-        finally:
-            self.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
-        items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
-        text = items[0].insert_text if items else ""
-        return text if isinstance(text, str) else text.value
 
 
 def recalls(query: Any, answer: str) -> bool:

@@ -16,23 +16,15 @@ and after any malformed input it resynchronises on the next ``Content-Length`` h
   strings hold no raw line breaks), so it is always the start of the next message. A body
   that ends with the first bytes of such a header gives them back for the same reason.
 
-``serve`` runs the parser over stdin (read on a daemon thread, so a blocking read never
-holds up the event loop or the interpreter's exit) or over a TCP stream.
+Nothing here reads or writes: ``reader`` runs the parser over stdin or a TCP stream.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import BinaryIO
 
-__all__ = ["MAX_MESSAGE_BYTES", "Frame", "Junk", "FrameParser", "serve", "stdin_chunks"]
-
-log = logging.getLogger(__name__)
+__all__ = ["MAX_MESSAGE_BYTES", "Frame", "Junk", "FrameParser"]
 
 MAX_MESSAGE_BYTES = 64 * 2**20
 """The largest message body read (64 MiB). A longer one is skipped unread, reported in the
@@ -41,7 +33,6 @@ PREFIX_BYTES = 4096
 """How much of skipped bytes is kept, to find the id of a request among them."""
 MAX_HEADER_LINE = 8192
 """A line without a line break longer than this is not a header: it is skipped."""
-CHUNK = 65536
 
 _HEADER = re.compile(rb"[ \t]*([!#-'*+.0-9A-Z^_`a-z|~-]+)[ \t]*:[ \t]*(.*?)[ \t]*")
 _LENGTH_NAME = re.compile(rb"content-length", re.IGNORECASE)
@@ -252,52 +243,3 @@ class FrameParser:
         if self._junk or self._junk_reason:
             self._events.append(Junk(self._junk, self._junk_reason, bytes(self._junk_prefix)))
         self._junk, self._junk_reason, self._junk_prefix = 0, "", bytearray()
-
-
-# -- serving ---------------------------------------------------------------------------------
-
-
-def stdin_chunks(stream: BinaryIO) -> Callable[[], Awaitable[bytes]]:
-    """``await read()`` gives the next bytes of ``stream`` (b"" at its end), read on a daemon thread."""
-    loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
-
-    def pump() -> None:
-        while True:
-            try:
-                chunk = stream.read1(CHUNK) if hasattr(stream, "read1") else stream.read(CHUNK)
-            except (OSError, ValueError) as error:
-                log.error("cannot read the client's messages: %s", error)
-                chunk = b""
-            try:
-                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
-            except (RuntimeError, asyncio.CancelledError):
-                return  # the loop is gone
-            if not chunk:
-                return
-
-    threading.Thread(target=pump, name="dmem-stdin", daemon=True).start()
-    return chunks.get
-
-
-async def serve(
-    read: Callable[[], Awaitable[bytes]],
-    on_frame: Callable[[Frame], Awaitable[None] | None],
-    on_junk: Callable[[Junk], None],
-    stop: threading.Event | None = None,
-) -> None:
-    """Feed what ``read`` gives to a parser and hand every event on, until the stream ends."""
-    parser = FrameParser()
-    while stop is None or not stop.is_set():
-        data = await read()
-        events = parser.feed(data) if data else parser.close()
-        for event in events:
-            if isinstance(event, Junk):
-                on_junk(event)
-            else:
-                result = on_frame(event)
-                if result is not None:
-                    await result
-        if not data:
-            log.info("the client closed the stream")
-            return

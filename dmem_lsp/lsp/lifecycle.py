@@ -1,6 +1,6 @@
 """The transports and leaving: how the server runs, and how it ends without losing memory.
 
-``start_io`` and ``start_tcp`` are pygls' own, with this package's reader (see framing.py).
+``start_io`` and ``start_tcp`` are pygls' own, with this package's reader (reader.py, framing.py).
 However the client goes, what memory acknowledged is saved before the process ends:
 ``shutdown``, ``exit`` (also right after ``shutdown``: it waits for that save), the client
 closing stdin (Vim/ALE and Emacs send no ``shutdown``), SIGTERM, SIGINT and SIGHUP (after a
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
-from dmem_lsp.lsp.framing import CHUNK, serve, stdin_chunks
-from dmem_lsp.lsp.protocol import DmemProtocol, close_on_shutdown, stop_on_shutdown
+from dmem_lsp.lsp.protocol import DmemProtocol
+from dmem_lsp.lsp.pygls_internals import close_on_shutdown, stop_on_shutdown
+from dmem_lsp.lsp.reader import CHUNK, serve, stdin_chunks
 
 if TYPE_CHECKING:
     from dmem_lsp.runtime.engine import Engine

@@ -18,9 +18,8 @@ internal error, and internal errors carry the Python traceback to the client. He
 - Errors are sent as one line; tracebacks stay in the log.
 
 pygls 2.1 has no public API for some of this (its protocol's send and response methods, its
-pending requests, its shutdown flag, a document's unread source, the stop event and socket server
-its ``shutdown`` closes): every use of a private pygls member in this package is here, in
-``DmemProtocol`` or in the named functions at the end, each saying why.
+pending requests, its shutdown flag, its server): ``DmemProtocol`` uses those private members,
+each saying why; every other use of one in this package is in ``pygls_internals``.
 """
 
 from __future__ import annotations
@@ -28,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cattrs
 from lsprotocol import types
 from lsprotocol.types import ErrorCodes
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from dmem_lsp.lsp.framing import Frame, Junk
@@ -50,20 +48,7 @@ from dmem_lsp.lsp.messages import (
     valid_id,
 )
 
-if TYPE_CHECKING:
-    from pygls.server import JsonRPCServer
-    from pygls.workspace import TextDocument
-
-__all__ = [
-    "DmemProtocol",
-    "QuietExpectedErrors",
-    "as_json",
-    "keep_source",
-    "salvage_request",
-    "stop_on_shutdown",
-    "close_on_shutdown",
-    "unread_source",
-]
+__all__ = ["DmemProtocol", "as_json", "salvage_request"]
 
 log = logging.getLogger(__name__)
 
@@ -85,26 +70,6 @@ def _describe(error: BaseException) -> str:
         problems = cattrs.transform_error(cause)  # "... @ $.params.position.line"
         return "; ".join(p.replace("@ $.", "@ ", 1) for p in problems[:6])
     return str(cause or error)
-
-
-class QuietExpectedErrors(logging.Filter):
-    """Keep pygls from logging tracebacks for errors that are answered to the client.
-
-    Invalid params, a failed load and the like are the user's business, not bugs: they
-    are answered with a JSON-RPC error and logged by this server as one line.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unable to deserialize message"):
-            return False  # DmemProtocol.structure_message logs it
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, json.JSONDecodeError) or (
-            isinstance(error, JsonRpcException) and not isinstance(error, JsonRpcInternalError)
-        ):
-            record.exc_info, record.exc_text = None, None
-            record.msg, record.args = f"{record.msg % record.args if record.args else record.msg}: {error}", ()
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
 
 
 class DmemProtocol(LanguageServerProtocol):
@@ -300,33 +265,3 @@ class DmemProtocol(LanguageServerProtocol):
         if isinstance(message, _Answered):
             return
         super().handle_message(message)
-
-
-# -- pygls members with no public API -----------------------------------------------------------
-
-
-def unread_source(document: TextDocument) -> str | None:
-    """The text of ``document`` if the editor opened it (or ``keep_source`` gave it), else None.
-
-    pygls' public ``source`` reads a document the editor did not open from disk, whatever the
-    file is (a FIFO blocks it, ``/dev/zero`` never ends): only its private ``_source`` tells
-    whether there is text without reading."""
-    return document._source
-
-
-def keep_source(document: TextDocument, text: str) -> None:
-    """Give a document the editor did not open the text read from disk (``_source``: else
-    pygls would read the file again on every access of ``source``)."""
-    document._source = text
-
-
-def stop_on_shutdown(server: JsonRPCServer) -> threading.Event:
-    """A stop event that pygls' ``JsonRPCServer.shutdown`` sets: it sets only ``_stop_event``, and
-    a server running its own transport (``start_io``) makes that event itself."""
-    server._stop_event = event = threading.Event()
-    return event
-
-
-def close_on_shutdown(server: JsonRPCServer, tcp_server: asyncio.Server) -> None:
-    """Have pygls' ``JsonRPCServer.shutdown`` close ``tcp_server`` (it closes only ``_server``)."""
-    server._server = tcp_server

@@ -27,7 +27,8 @@ from dmem_lsp.lsp.errors import RequestFailed, request_failure
 from dmem_lsp.lsp.lifecycle import Lifecycle
 from dmem_lsp.lsp.loading import STATUS, EngineLoading
 from dmem_lsp.lsp.messages import as_json
-from dmem_lsp.lsp.protocol import DmemProtocol, QuietExpectedErrors, keep_source, unread_source
+from dmem_lsp.lsp.protocol import DmemProtocol
+from dmem_lsp.lsp.pygls_internals import QuietExpectedErrors, keep_source, unread_source
 from dmem_lsp.runtime.assist import Answer
 from dmem_lsp.runtime.scheduling import KeyedDebouncer
 from dmem_lsp.runtime.settings import ENGINE_KEYS, Settings, merge, parse_settings

@@ -1,12 +1,12 @@
 """The engine: a causal LM with δ-mem attached, loaded once, generating greedily.
 
-Loading resolves the model and adapter through the same ``from_pretrained`` path for a hub
-id and a local directory, picks the device and quantization, and turns the failures a
-user meets into ``EngineError`` messages that say what to do. Generation is a plain greedy
-loop over the KV cache that checks a stop flag between decoding steps, so a caller can
-cancel it within one step. How an adapter is read, checked and fingerprinted is
-``adapters``; the options and the error are ``options`` (torch-free), re-exported here.
-Imported only in the background: it loads torch.
+Loading takes the backbone from ``backbone`` (the model and tokenizer found, checked and
+put on a device with its quantization), attaches δ-mem with the adapter the settings or a
+workspace name, and turns the failures a user meets into ``EngineError`` messages that say
+what to do. Generation is a plain greedy loop over the KV cache that checks a stop flag
+between decoding steps, so a caller can cancel it within one step. How an adapter is read,
+checked and fingerprinted is ``adapters``; the options and the error are ``options``
+(torch-free), re-exported here. Imported only in the background: it loads torch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -28,8 +27,8 @@ from dmem_lsp.runtime.adapters import (
     fingerprint_of,
     load_named,
 )
+from dmem_lsp.runtime.backbone import load_backbone
 from dmem_lsp.runtime.fingerprint import Fingerprint
-from dmem_lsp.runtime.locations import resolve_local
 from dmem_lsp.runtime.options import DEFAULT_ADAPTER, DEFAULT_MODEL, EngineError, EngineOptions
 from dmem_lsp.runtime.prompts import recorded_shape
 from dmem_lsp.workspace.config import AdapterSource
@@ -37,26 +36,6 @@ from dmem_lsp.workspace.config import AdapterSource
 __all__ = ["Engine", "EngineError", "EngineOptions", "Generation", "LoadedAdapter", "DEFAULT_MODEL", "DEFAULT_ADAPTER"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_tokenizer(tokenizer: Any, model_dir: Any) -> None:
-    """Refuse a tokenizer the server cannot build prompts with.
-
-    ``AutoTokenizer`` returns an empty tokenizer for a directory without tokenizer files;
-    served as it is, every write would be 0 tokens and every completion would fail."""
-    from dmem_lsp.runtime.prompts import FIM_TOKENS
-
-    if not tokenizer.encode("def f(x):\n    return x", add_special_tokens=False):
-        raise EngineError(
-            f"the model at {model_dir} has no usable tokenizer (it encodes text as no tokens): save the "
-            "tokenizer beside the weights (tokenizer.save_pretrained) and load them from one directory"
-        )
-    vocab = tokenizer.get_vocab()
-    if not getattr(tokenizer, "chat_template", None) and not all(token in vocab for token in FIM_TOKENS):
-        raise EngineError(
-            f"the tokenizer of {model_dir} has neither a chat template nor fill-in-the-middle tokens "
-            f"({', '.join(FIM_TOKENS)}), so no prompt can be built for it"
-        )
 
 
 @dataclass(frozen=True)
@@ -157,42 +136,7 @@ class Engine:
         workspace names: attached first, so its configuration is the one loaded; if it
         cannot be used, that is kept in ``refused`` and the settings' adapter is attached.
         """
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        progress("importing transformers")
-        import transformers
-
-        cuda = torch.cuda.is_available()
-        if options.device == "cuda" and not cuda:
-            raise EngineError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        if device is None:
-            device = torch.device("cuda" if options.device in ("auto", "cuda") and cuda else "cpu")
-        quantization = options.quantization or ("nf4" if device.type == "cuda" else "none")
-        if quantization == "nf4":
-            _check_bitsandbytes(device)
-        progress(f"finding {options.model}")
-        model_dir = resolve_local(options.model, "model", "--model")
-        kwargs: dict = {"dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
-        if quantization == "nf4":
-            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
-            )
-            kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
-        try:
-            progress("loading the tokenizer")
-            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-            _check_tokenizer(tokenizer, model_dir)
-            progress(f"loading the model on {device.type} ({'NF4' if quantization == 'nf4' else 'full precision'})")
-            model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-        except torch.cuda.OutOfMemoryError as error:
-            raise EngineError(
-                "CUDA ran out of memory loading the model: use --quantization nf4, or a smaller --model"
-            ) from error
-        except (OSError, ValueError) as error:
-            raise EngineError(f"cannot load the model from {model_dir}: {error}") from error
-        if "device_map" not in kwargs:
-            model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() is typed without its self
-        model.eval()
+        model, tokenizer, device, quantization = load_backbone(options, progress, device)
         progress("attaching δ-mem")
         default = None if options.adapter is None else AdapterSource(options.adapter)
         fresh, refused, meta = None, {}, None
@@ -283,23 +227,6 @@ class Engine:
                     return Generation(text[:cut], produced, cancelled=False)
                 ids = torch.tensor([[token]], device=self.device)
         return Generation(text, produced, cancelled=False)
-
-
-def _check_bitsandbytes(device: torch.device) -> None:
-    """NF4 needs bitsandbytes, and on CUDA a build of it with CUDA kernels."""
-    try:
-        import bitsandbytes
-    except Exception as error:  # not installed, or its native library fails to load
-        raise EngineError(
-            f"NF4 needs bitsandbytes, which cannot be imported ({error}): pip install bitsandbytes, "
-            "or use --quantization none"
-        ) from error
-    if device.type == "cuda":
-        if getattr(bitsandbytes.cextension, "BNB_BACKEND", "CUDA") not in ("CUDA", "ROCm"):
-            raise EngineError(
-                "this bitsandbytes has no CUDA support, so NF4 cannot run on the GPU: install a CUDA build "
-                "of bitsandbytes, or use --quantization none (more GPU memory) or --device cpu"
-            )
 
 
 def _as_list(value) -> list[int]:

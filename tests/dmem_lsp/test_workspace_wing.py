@@ -196,14 +196,23 @@ async def test_a_convention_file_is_framed_written_into_conventions_and_saved(wi
     assert host.events("saved")
 
 
-@pytest.mark.asyncio
-async def test_the_last_edit_waiting_for_its_debounce_is_written_and_saved_at_shutdown(wing, project):
-    host, engine, learner = wing
+async def edit_app(wing, project: Path, *changes: str) -> str:
+    """Open ``project`` and its app.py as the editor has it (``a = 1``), then change app.py to each of
+    ``changes`` in turn (each edit waits an hour for quiet); app.py's uri."""
+    host, _, learner = wing
     await learner.open(project)
     uri = (project / "app.py").resolve().as_uri()
     learner.opened(uri, "a = 1\n")
-    host.documents[uri] = "a = 2\n"
-    learner.changed(uri)  # waits an hour for quiet
+    for text in changes:
+        host.documents[uri] = text
+        learner.changed(uri)
+    return uri
+
+
+@pytest.mark.asyncio
+async def test_the_last_edit_waiting_for_its_debounce_is_written_and_saved_at_shutdown(wing, project):
+    _, engine, learner = wing
+    uri = await edit_app(wing, project, "a = 2\n")  # waits an hour for quiet
     assert learner.sources.edits.pending(uri) and engine.text_in("edits") == ""
 
     await learner.shutdown()
@@ -214,14 +223,8 @@ async def test_the_last_edit_waiting_for_its_debounce_is_written_and_saved_at_sh
 
 @pytest.mark.asyncio
 async def test_a_newer_change_supersedes_the_pending_one_and_did_save_writes_at_once(wing, project):
-    host, engine, learner = wing
-    await learner.open(project)
-    uri = (project / "app.py").resolve().as_uri()
-    learner.opened(uri, "a = 1\n")
-    host.documents[uri] = "a = 2\n"
-    learner.changed(uri)
-    host.documents[uri] = "a = 3\n"
-    learner.changed(uri)
+    _, engine, learner = wing
+    uri = await edit_app(wing, project, "a = 2\n", "a = 3\n")
     await learner.flush_edit(uri)  # didSave
     assert not learner.sources.edits.pending(uri)
     assert engine.text_in("edits") == texts.edit("app.py", texts.diff("app.py", "a = 1\n", "a = 3\n"))
