@@ -32,8 +32,9 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
+from .attaching import attach, attention_blocks
 from .config import DeltaMemConfig
-from .model import Memory, attach, attention_blocks
+from .model import Memory
 
 __all__ = [
     "save_adapter",
