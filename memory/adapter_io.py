@@ -16,9 +16,10 @@ The official release, a directory:
     delta_mem_adapter.pt   torch.save of ``model.layers.{i}.self_attn.{parameter}``; read
                            with ``weights_only=True`` and nothing else is ever unpickled.
 
-Which backbone an adapter fits, and ``AdapterError``, are in ``memory.backbone``; their
-names are imported here too, so ``from memory.adapter_io import AdapterError`` (and
-``base_shapes``, ``shapes_of``, ``check_backbone`` ...) keeps working.
+Files are written atomically (``memory.files.atomic_write``). Which backbone an adapter
+fits, and ``AdapterError``, are in ``memory.backbone``; their names are imported here too,
+so ``from memory.adapter_io import AdapterError`` (and ``base_shapes``, ``shapes_of``,
+``check_backbone`` ...) keeps working.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch.nn as nn
 from .attaching import attach
 from .backbone import AdapterError, BackboneShapes, base_shapes, check_backbone, model_shapes, shapes_of
 from .config import DeltaMemConfig
+from .files import atomic_write
 from .model import Memory
 
 __all__ = [
@@ -72,20 +73,6 @@ log = logging.getLogger(__name__)
 _OFFICIAL_KEY = re.compile(r"^(?:.*\.)?layers\.(\d+)\.self_attn\.(\w+)$")
 # Present in official files but inactive when delta_heads is ("q", "o"): K and V stay untouched.
 _OFFICIAL_INACTIVE = {"delta_k_proj", "delta_v_proj"}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(
@@ -123,7 +110,7 @@ def write_adapter(
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
     weights = safetensors.torch.save(tensors, metadata={"format": "dmem-lsp-adapter"})
-    _atomic_write(path / WEIGHTS_NAME, weights)
+    atomic_write(path / WEIGHTS_NAME, weights)
     meta = {
         "format_version": FORMAT_VERSION,
         "delta_mem": config.to_dict(),
@@ -134,7 +121,7 @@ def write_adapter(
     }
     meta["config_sha256"] = config_sha256(meta)
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path / CONFIG_NAME, text.encode())
+    atomic_write(path / CONFIG_NAME, text.encode())
     return path
 
 
