@@ -20,14 +20,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .adapter_io import AdapterError, load_adapter, read_adapter, save_adapter
+    from .adapter_io import load_adapter, read_adapter, save_adapter
+    from .attaching import TESTED_MODEL_TYPES, AttachError, attach
+    from .backbone import AdapterError
     from .config import DEFAULT_STORES, DeltaMemConfig
     from .delta_rule import delta_rule_chunked, delta_rule_naive, delta_rule_step
     from .layer import DeltaMemLayer
-    from .model import TESTED_MODEL_TYPES, AttachError, Memory, attach
+    from .model import Memory
 
 _WHERE = {
-    "AdapterError": "adapter_io",
+    "AdapterError": "backbone",
     "load_adapter": "adapter_io",
     "read_adapter": "adapter_io",
     "save_adapter": "adapter_io",
@@ -37,10 +39,10 @@ _WHERE = {
     "delta_rule_naive": "delta_rule",
     "delta_rule_step": "delta_rule",
     "DeltaMemLayer": "layer",
-    "TESTED_MODEL_TYPES": "model",
-    "AttachError": "model",
+    "TESTED_MODEL_TYPES": "attaching",
+    "AttachError": "attaching",
     "Memory": "model",
-    "attach": "model",
+    "attach": "attaching",
 }
 
 __all__ = [

@@ -1,35 +1,31 @@
-"""Attaching δ-mem to a Hugging Face causal LM, and the named stores it reads and writes.
-
-``attach`` finds every attention block with ``q_proj`` and ``o_proj`` (Qwen3, Qwen2,
-Llama, Mistral, SmolLM3 and their relatives), adds a ``DeltaMemLayer`` to it as
-``self_attn.delta_mem`` and wraps the two projections:
-
-    q_proj(x) + s · o W_dqᵀ        o_proj(·) + s · o W_doᵀ
-
-where o are the reads of the layer's input x (the tensor q_proj receives). K and V are
-untouched, so the KV cache holds exactly the base model's keys and values.
+"""The named stores of δ-mem attached to one model (``memory.attaching.attach``), and its passes.
 
 A forward outside ``Memory.writing`` is a read-only pass: every token reads the same fixed
-state, the sum of all stores, and nothing changes. Inside ``writing(store=...)`` a
-forward is a write pass into that one store (TSW: token by token, each token reading
-before it writes; SSW: one write per segment, reads see the state from before the pass).
+state, the sum of all stores, and nothing changes. Inside ``writing(store=...)`` a forward
+is a write pass into that one store (TSW or SSW; the math is in ``memory.passes``).
 
-By default every store is one state and the rows of a batch share it (a batch is written
-as its rows one after another). ``reset(rows=B)`` gives every store B independent states
-instead, one per batch row: many episodes written and read in one forward each, which is
-how training goes faster. ``select_rows`` then picks a state per row of the next reads.
+By default every store is one state that the rows of a batch share (written one after
+another); ``reset(rows=B)`` gives every store a state per batch row, so that training writes
+and reads many episodes in one forward each; ``select_rows`` picks a state per row.
 
-Who runs when, in one model forward: a pre-hook on the model keeps its ``attention_mask``
-(the [B, T] padding mask: the attention blocks themselves receive the model's 4-D causal
-mask, or none) for the write passes, and its forward hook lets it go. In between, each
-attention block runs its ``MemoryBlock`` (``memory.block``): q_proj's wrapper reads or
-writes this block's state and hands o_proj's correction to o_proj's wrapper.
+Who runs when in one model forward (the ordering contract; do not change it lightly):
+
+1. the model's forward pre-hook (``_capture_mask``) keeps the ``attention_mask`` keyword,
+   the [B, T] padding mask: the attention blocks receive the model's 4-D causal mask or
+   none, so write passes take padding from here (a mask passed positionally is not seen,
+   and every token its segments allow is written).
+2. each attention block runs its ``MemoryBlock`` (``memory.block``): q_proj's wrapper calls
+   ``_reads`` (read; or write this layer's slice of the store, with the mask of 1., and
+   read) and hands o_proj's correction to o_proj's wrapper.
+3. the model's forward hook (``_release_mask``) drops the mask and any pending correction.
+   A forward that raises skips 3.: the next forward's 1. replaces the mask, and leaving
+   ``writing`` clears pending corrections. Only the model passed to ``attach`` has these
+   hooks: calling a block or the inner base model directly uses the mask 1. last kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -39,72 +35,16 @@ import torch.nn as nn
 
 from .block import MemoryBlock
 from .config import DeltaMemConfig
-from .delta_rule import delta_rule_chunked, delta_rule_step
-from .layer import DeltaMemLayer, base_weight
-from .wrappers import MemoryLinear
+from .layer import DeltaMemLayer
+from .passes import check_rows, segment_pass, token_pass, written_tokens
 
-__all__ = ["Memory", "attach", "attention_blocks", "AttachError", "TESTED_MODEL_TYPES"]
-
-log = logging.getLogger(__name__)
-
-TESTED_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral", "smollm3")
-
-
-class AttachError(ValueError):
-    """δ-mem cannot be attached to this model."""
+__all__ = ["Memory"]
 
 
 @dataclass(frozen=True)
 class _WritePass:
     store: str
     segments: torch.Tensor | None  # [B, T] segment ids, -1 = not written
-
-
-def attention_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every attention block of ``model`` with separate ``q_proj`` and ``o_proj`` modules, in
-    order (with δ-mem attached or not); AttachError when there are none."""
-    blocks = [
-        module
-        for module in model.modules()
-        if isinstance(getattr(module, "q_proj", None), nn.Module)
-        and isinstance(getattr(module, "o_proj", None), nn.Module)
-    ]
-    if not blocks:
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise AttachError(
-            f"δ-mem cannot attach to {model_type!r}: it needs attention blocks with separate q_proj and "
-            f"o_proj projections (tested: {', '.join(TESTED_MODEL_TYPES)})"
-        )
-    return blocks
-
-
-def _unattached_blocks(model: nn.Module) -> list[nn.Module]:
-    blocks = attention_blocks(model)
-    if any(isinstance(block.q_proj, MemoryLinear) for block in blocks):
-        raise AttachError("δ-mem is already attached to this model")
-    return blocks
-
-
-def attach(model: nn.Module, config: DeltaMemConfig | None = None) -> Memory:
-    """Attach freshly initialised δ-mem to ``model``; states start at zero.
-
-    With zero states the model's outputs are the base model's, bit for bit. On the meta
-    device (counting parameters without weights) the parameters are left uninitialised.
-    """
-    config = config or DeltaMemConfig()
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in TESTED_MODEL_TYPES:
-        log.warning("δ-mem has not been tested with model type %r; attaching anyway", model_type)
-    blocks = _unattached_blocks(model)
-    layers = []
-    for index, block in enumerate(blocks):
-        q_proj, o_proj = cast(nn.Linear, block.q_proj), cast(nn.Linear, block.o_proj)  # or bitsandbytes' subclass
-        device = q_proj.weight.device
-        layer = DeltaMemLayer(index, q_proj.in_features, q_proj.out_features, o_proj.out_features, config, device)
-        if device.type != "meta":
-            layer.reset_parameters(base_weight(q_proj), base_weight(o_proj))
-        layers.append(layer)
-    return Memory(model, config, blocks, layers)
 
 
 class Memory:
@@ -293,24 +233,6 @@ class Memory:
         for block in self._blocks:
             block.clear()
 
-    def _written(self, write: _WritePass, B: int, T: int, device: torch.device) -> torch.Tensor | None:
-        """[B, T] bool: which tokens of this forward are written (None: all of them)."""
-        written = None
-        mask = self._attention_mask
-        if mask is not None:
-            if mask.dim() != 2 or mask.shape[0] != B or mask.shape[1] < T:
-                raise ValueError(
-                    f"write passes need a 2-D attention_mask [batch, tokens]; got shape {tuple(mask.shape)}"
-                )
-            written = mask[:, -T:].to(device).bool()
-        segments = write.segments
-        if segments is not None:
-            if tuple(segments.shape) != (B, T):
-                raise ValueError(f"segments have shape {tuple(segments.shape)} but this forward has {(B, T)}")
-            by_segment = segments.to(device) >= 0
-            written = by_segment if written is None else written & by_segment
-        return written
-
     def _read(self, names: tuple[str, ...], index: int, q: torch.Tensor) -> torch.Tensor | None:
         """Σ_store S_store q, per head: q [B, T, h, r] -> [B, T, h, r] (None if all zero)."""
         names = tuple(n for n in names if n in self._nonzero)
@@ -319,7 +241,7 @@ class Memory:
         S = cast(torch.Tensor, sum(self._states[n][index] for n in names))  # [h, r, r], or [B, h, r, r] with rows
         if S.dim() == 3:
             return torch.einsum("hij,bthj->bthi", S, q)
-        self._check_rows(q.shape[0])
+        check_rows(self._rows, q.shape[0])
         return torch.einsum("bhij,bthj->bthi", S, q)
 
     def _reads(self, layer: DeltaMemLayer, x: torch.Tensor) -> torch.Tensor | None:
@@ -335,81 +257,27 @@ class Memory:
     def _write_tokens(self, layer: DeltaMemLayer, x: torch.Tensor, write: _WritePass) -> torch.Tensor:
         """TSW: the rows of the batch, one after another, each token reading before it writes."""
         B, T, _ = x.shape
-        store = write.store
-        q, k, v, beta, log_lam = layer.project(x)  # [B, T, h, r] each
-        written = self._written(write, B, T, x.device)
-        if written is not None:  # unwritten tokens: β = 0, λ = 1 (no change)
-            keep = written[..., None, None]  # torch.where, not a product: pads may hold NaN
-            k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
-        h, r = q.shape[-2:]
-        if self._rows is None:  # one shared state: the rows one after another
-            flat = [t.reshape(1, B * T, h, r) for t in (q, k, v, beta, log_lam)]  # [1, B·T, h, r]
-            S0 = self._states[store][layer.index].unsqueeze(0)  # [1, h, r, r]
-        else:  # a state per row
-            self._check_rows(B)
-            flat = [q, k, v, beta, log_lam]
-            S0 = self._states[store][layer.index]  # [B, h, r, r]
-        fq, fk, fv, fbeta, flog_lam = flat
-        if fq.shape[1] == 1:  # decoding: one step
-            o, S = delta_rule_step(fq[:, 0], fk[:, 0], fv[:, 0], fbeta[:, 0], S0, log_lam=flog_lam[:, 0])
-            o = o.unsqueeze(1)
-        else:
-            o, S = delta_rule_chunked(fq, fk, fv, fbeta, S0, log_lam=flog_lam, chunk_size=self.config.chunk_size)
-        self._states[store][layer.index] = S[0] if self._rows is None else S
-        self._nonzero.add(store)
-        o = o.reshape(B, T, h, r)
-        others = self._read(tuple(n for n in self.stores if n != store), layer.index, q)
+        written = written_tokens(self._attention_mask, write.segments, B, T, x.device)
+        S = self._states[write.store][layer.index]
+        o, q, S = token_pass(layer, x, S, written, shared=self._rows is None, chunk_size=self.config.chunk_size)
+        self._states[write.store][layer.index] = S
+        self._nonzero.add(write.store)
+        others = self._read(tuple(n for n in self.stores if n != write.store), layer.index, q)
         return o if others is None else o + others
 
     def _write_segments(self, layer: DeltaMemLayer, x: torch.Tensor, write: _WritePass) -> torch.Tensor | None:
         """SSW: each segment written once as the mean of x over its tokens; reads see the old state."""
-        B, T, H = x.shape
-        store = write.store
+        B, T, _ = x.shape
         o = self._read(self.stores, layer.index, layer.project_read(x))  # state from before the pass
-        written = self._written(write, B, T, x.device)
-        segments = cast(torch.Tensor, write.segments).to(x.device)  # writing() requires them for SSW
-        if written is not None:
-            segments = segments.masked_fill(~written, -1)
-        tokens = segments >= 0
-        if tokens.any():
-            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
-            span = int(segments.max()) + 1
-            key = rows[tokens] * span + segments[tokens]  # row-major, then segment id
-            order, slot = torch.unique(key, sorted=True, return_inverse=True)
-            sums = x.new_zeros(len(order), H, dtype=torch.float32).index_add_(0, slot, x[tokens].float())
-            counts = torch.bincount(slot, minlength=len(order)).unsqueeze(-1)
-            means = sums / counts  # [segments, H]
-            if self._rows is None:  # one shared state: every segment of every row, in order
-                means, present = means.unsqueeze(0), None  # [1, segments, H]
-                S0 = self._states[store][layer.index].unsqueeze(0)
-            else:  # a state per row: row b's segments, in order, padded to the longest row
-                self._check_rows(B)
-                owner = order // span
-                per_row = torch.bincount(owner, minlength=B)
-                start = torch.cumsum(per_row, 0) - per_row
-                position = torch.arange(len(order), device=x.device) - start[owner]
-                present = torch.zeros(B, int(per_row.max()), dtype=torch.bool, device=x.device)
-                present[owner, position] = True
-                padded_means = means.new_zeros(B, present.shape[1], H)
-                padded_means[owner, position] = means
-                means = padded_means
-                S0 = self._states[store][layer.index]
-            _, k, v, beta, log_lam = layer.project(means)
-            if present is not None:  # absent segments: β = 0, λ = 1 (no change)
-                keep = present[..., None, None]
-                k, v, beta, log_lam = (torch.where(keep, t, 0.0) for t in (k, v, beta, log_lam))
-            q = torch.zeros_like(k)  # the reads of this scan are not used
-            _, S = delta_rule_chunked(q, k, v, beta, S0, log_lam=log_lam, chunk_size=self.config.chunk_size)
-            self._states[store][layer.index] = S[0] if self._rows is None else S
-            self._nonzero.add(store)
+        written = written_tokens(self._attention_mask, write.segments, B, T, x.device)
+        segments = cast(torch.Tensor, write.segments)  # writing() requires them for SSW
+        S = self._states[write.store][layer.index]
+        shared, chunk_size = self._rows is None, self.config.chunk_size
+        after = segment_pass(layer, x, segments, written, S, shared=shared, chunk_size=chunk_size)
+        if after is not None:
+            self._states[write.store][layer.index] = after
+            self._nonzero.add(write.store)
         return o
-
-    def _check_rows(self, batch: int) -> None:
-        if batch != self._rows:
-            raise ValueError(
-                f"this memory holds {self._rows} independent rows (reset(rows=...)), "
-                f"but the forward has a batch of {batch}"
-            )
 
     def _check_store(self, store: str) -> str:
         if store not in self.stores:

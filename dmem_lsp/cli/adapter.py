@@ -200,7 +200,8 @@ def _train(args: argparse.Namespace) -> int:
 def _describe(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(config, tensors, report): everything ``info`` shows, read through ``read_adapter``'s checks."""
     from dmem_lsp.runtime.prompts import recorded_shape
-    from memory.adapter_io import OFFICIAL_WEIGHTS_NAME, read_adapter, shapes_of
+    from memory.adapter_io import OFFICIAL_WEIGHTS_NAME, read_adapter
+    from memory.backbone import shapes_of
 
     config, tensors, meta = read_adapter(path)
     official = meta.get("format") == "official"
@@ -263,7 +264,8 @@ def _info(name: str, as_json: bool) -> int:
 def _convert(name: str, output: Path, base_model: str | None, verb: str) -> int:
     import torch
 
-    from memory.adapter_io import read_adapter, shapes_of, write_adapter
+    from memory.adapter_io import read_adapter, write_adapter
+    from memory.backbone import shapes_of
 
     source = _resolve(name, verb)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

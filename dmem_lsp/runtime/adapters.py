@@ -1,7 +1,7 @@
 """δ-mem adapters as the engine serves them: one fit check, one fingerprint.
 
 An adapter a folder or the settings name is read from its directory, checked once against
-the backbone (``memory.adapter_io.check_backbone``, where two different hub ids also decide)
+the backbone (``memory.backbone.check_backbone``, where two different hub ids also decide)
 and against the δ-mem the engine attached first (the same configuration, since its weights
 are swapped into the same layers), and against the tokenizer (an adapter trained on FIM
 prompts needs FIM tokens). What passes is a ``LoadedAdapter``: its tensors on the model's
@@ -65,7 +65,7 @@ def clone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def fingerprint_of(mem: memory.Memory, model_id: str, tensors: dict[str, torch.Tensor]) -> Fingerprint:
     """The fingerprint of states written by ``mem`` holding the adapter weights ``tensors``."""
-    backbone = Backbone(id=model_id, model_type=_model_type(mem.model), **memory.adapter_io.base_shapes(mem))
+    backbone = Backbone(id=model_id, model_type=_model_type(mem.model), **memory.backbone.base_shapes(mem))
     return make_fingerprint(backbone, tensors_sha256(tensors), mem.config.to_dict())
 
 
@@ -109,12 +109,12 @@ def check_prompt(tokenizer: Any, prompt: str | None, source: AdapterSource | Non
 def check_backbone(
     source: AdapterSource, meta: dict, tensors: dict[str, torch.Tensor], model: Any, model_id: str
 ) -> None:
-    """``memory.adapter_io.check_backbone``, where two different hub ids also decide: same-shaped
+    """``memory.backbone.check_backbone``, where two different hub ids also decide: same-shaped
     models (a base and an instruct model) still differ in their weights."""
     base = meta["base_model"] if isinstance(meta.get("base_model"), dict) else {}
     theirs = str(base.get("id") or "")
     another = bool(theirs) and not looks_like_path(theirs) and not looks_like_path(model_id) and theirs != model_id
-    memory.adapter_io.check_backbone(source, meta, model, tensors=tensors, model_id=model_id, another_model=another)
+    memory.backbone.check_backbone(source, meta, model, tensors=tensors, model_id=model_id, another_model=another)
 
 
 def attach_named(model: Any, source: AdapterSource, model_id: str) -> tuple[memory.Memory, dict]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import platformdirs
+
+import memory.files
 
 __all__ = [
     "PRIVATE_DIR", "PRIVATE_FILE", "StoreError", "atomic_write", "clean_temporary_files", "memory_root",
@@ -47,19 +48,10 @@ def workspace_dir(root: Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file (0600) in the same directory, fsync, then rename (as
-    ``memory.adapter_io`` does; not imported from there, which would import torch)."""
+    """Create ``path``'s folders 0700 (``private_dirs``), then ``memory.files.atomic_write``: a
+    temporary file (0600) in the same folder, fsync, rename. memory.files imports no torch."""
     private_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    memory.files.atomic_write(path, data)
 
 
 def private_dirs(path: Path) -> None:

@@ -34,8 +34,9 @@ def test_initialize_is_answered_without_importing_torch(talkative_model, tmp_pat
     }
     assert "pygls" in imported  # the import log is there ...
     assert not {"torch", "transformers"} & imported  # ... and never loaded the model stack:
-    # of memory/, only its lazy package and the store names (memory.config), which import no torch
-    assert {name for name in imported if name.split(".")[0] == "memory"} <= {"memory", "memory.config"}
+    # of memory/, only its lazy package, the store names (memory.config) and the atomic write
+    # (memory.files), which import no torch
+    assert {name for name in imported if name.split(".")[0] == "memory"} <= {"memory", "memory.config", "memory.files"}
 
 
 

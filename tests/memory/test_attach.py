@@ -141,7 +141,7 @@ def test_one_store_is_the_papers_model(model_dirs, monkeypatch):
         mem = memory.attach(model, memory.DeltaMemConfig(**config))
         strengthen(mem)
         if kernel is not None:
-            monkeypatch.setattr("memory.model.delta_rule_chunked", kernel)
+            monkeypatch.setattr("memory.passes.delta_rule_chunked", kernel)
         with torch.no_grad():
             with mem.writing(store=mem.stores[0]):
                 write_logits = model(input_ids=ids_write).logits
@@ -245,7 +245,7 @@ def test_multi_state_heads(model_dirs, monkeypatch):
         fast = mem.states()["debug"]
         mem.reset()
         monkeypatch.setattr(
-            "memory.model.delta_rule_chunked",
+            "memory.passes.delta_rule_chunked",
             lambda q, k, v, beta, S0, log_lam, chunk_size: memory.delta_rule_naive(q, k, v, beta, S0, log_lam),
         )
         with mem.writing(store="debug"):
