@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+
+from pygls.uris import to_fs_path
 
 from dmem_lsp.workspace import operations
 
@@ -116,9 +117,8 @@ def _refusal(e: dict[str, Any]) -> str:
 
 
 def _path(uri: str) -> str:
-    """The path of a ``file:`` URI (another URI as it is)."""
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme == "file" else uri
+    """The path of a ``file:`` URI (pygls' ``to_fs_path``, as ``folders.path_of``); another URI as it is."""
+    return (to_fs_path(uri) or uri) if uri.startswith("file:") else uri
 
 
 def _size(size: int) -> str:
