@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import random
 import sys
 import time
@@ -54,6 +55,11 @@ class Recipe:
     backbone_steps: int = 3000
     backbone_batch: int = 24
     backbone_lr: float = 3e-3
+    backbone_schedule: str = "cosine"
+    """``constant`` after the warm-up, or ``cosine``: down to a tenth of ``backbone_lr`` at ``backbone_steps``."""
+    hidden: int = HIDDEN
+    heads: int = HEADS
+    layers: int = LAYERS
     target_c: float = 0.95
     backbone_seconds: float | None = None
     """Stop the backbone's training after this long whatever its (c) (a loaded machine's budget;
@@ -70,7 +76,11 @@ class Recipe:
     variants: tuple[str, ...] = ("msw", "ssw")
 
 
-QUICK = Recipe(max_k=4, backbone_steps=1500, adapter_episodes=((2, 1000), (4, 3000)), variants=("msw",))
+QUICK = Recipe(max_k=4, backbone_steps=3000, adapter_episodes=((2, 3000), (4, 13000), (4, 16000)),
+               adapter_lr=6e-3,
+               variants=("msw",))
+"""The demo's recipe (``scripts/make-demo-model``) and ``workspace_recall.py --quick``: K <= 4, about 30 min of
+backbone and 40 min of adapter on one idle CPU thread."""
 
 
 def tokenizers(out: Path, seed: int) -> dict[str, Any]:
@@ -106,13 +116,13 @@ def value_id(tokenizer: Any, value: str) -> int:
 # ----------------------------------------------------------------------------- the backbone
 
 
-def build_backbone(vocab: int, seed: int) -> Any:
+def build_backbone(vocab: int, seed: int, hidden: int = HIDDEN, heads: int = HEADS, layers: int = LAYERS) -> Any:
     import torch
     import transformers
 
     config = transformers.Qwen3Config(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HIDDEN // HEADS, max_position_embeddings=2048,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads, max_position_embeddings=2048,
         tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=2,
     )
     torch.manual_seed(seed)
@@ -182,7 +192,15 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
     validation = validation_set(seed, recipe.max_k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.backbone_lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = 50
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.backbone_schedule == "cosine":
+            done = min(1.0, (step - warmup) / max(1, recipe.backbone_steps - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * done))
+        return 1.0
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start, curve, scores = time.perf_counter(), [], {}
     for step in range(1, recipe.backbone_steps + 1):
         model.train()
@@ -295,7 +313,7 @@ def build_model(out: Path, seed: int, quick: bool = False, recipe: Recipe | None
     recipe = recipe or (QUICK if quick else Recipe())
     out = Path(out)
     toks = tokenizers(out, seed)
-    model = build_backbone(len(toks["fim"]), seed)
+    model = build_backbone(len(toks["fim"]), seed, recipe.hidden, recipe.heads, recipe.layers)
     info: dict[str, Any] = {"recipe": dataclasses.asdict(recipe), "backbone": train_backbone(model, toks, recipe, seed)}
     model.save_pretrained(out / "backbone")
     model.save_pretrained(out / "backbone-chat")
