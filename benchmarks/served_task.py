@@ -176,6 +176,16 @@ def make_workspace(source: str, k: int, rng: random.Random, reassign: float = 0.
     return Workspace(source, facts, frozenset(again), files, edit, steps, queries)
 
 
+def binding(workspace: Workspace) -> set[str]:
+    """Keys whose family has another key in this workspace holding another value: the queries
+    that knowing which values appeared cannot answer, only the lookup by key (``recall.py``'s
+    binding row). A backbone that copies "a value of the key's family" scores chance on them."""
+    return {
+        key for key, value in workspace.facts
+        if any(FAMILY_OF[k] == FAMILY_OF[key] and v != value for k, v in workspace.facts if k != key)
+    }
+
+
 def lay_out(workspace: Workspace, root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for relative, text in workspace.files.items():

@@ -398,8 +398,11 @@ def table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
     for r in results:
         backbone = r["build"]["backbone"]
         c = ", ".join(f"{shape} {value:.3f}" for shape, value in backbone["validation_c"].items())
+        bound = ", ".join(f"{shape} {'—' if value is None else f'{value:.3f}'}"
+                          for shape, value in backbone.get("validation_c_binding", {}).items())
         lines.append(f"- seed {r['seed']}: backbone {backbone['steps']} steps ({backbone['seconds']:.0f} s), (c) on "
-                     f"validation workspaces: {c}; whole seed {r['seconds']:.0f} s")
+                     f"validation workspaces: {c}" + (f" (binding queries: {bound})" if bound else "")
+                     + f"; whole seed {r['seconds']:.0f} s")
     for key in [k for k in results[0] if "-" in k and isinstance(results[0][k], dict) and "b" in results[0][k]]:
         shape, variant = key.split("-")
         seeds = ", ".join(str(r["seed"]) for r in results)

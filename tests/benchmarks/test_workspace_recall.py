@@ -69,6 +69,34 @@ def test_values_are_one_token_and_the_chat_tokenizer_builds_chat_prompts(modules
     assert not prompt.fim and chat.decode(prompt.input_ids).rstrip().endswith("<|im_start|>assistant")
 
 
+def test_binding_queries_are_those_a_family_match_cannot_answer(modules):
+    task = modules[0]
+    facts = (("indent", "4"), ("tabwidth", "4"), ("retries", "2"), ("linter", "ruff"))
+    ws = task.Workspace("debug", facts, frozenset(), {})
+    # retries' family holds indent and tabwidth with 4, so the family alone cannot tell 2 from 4;
+    # linter is its family's only key; indent and tabwidth each have retries' 2 beside them.
+    assert task.binding(ws) == {"indent", "tabwidth", "retries"}
+    assert task.binding(task.Workspace("debug", (("indent", "4"), ("tabwidth", "4")), frozenset(), {})) == set()
+
+
+def test_in_context_scores_split_the_binding_queries(modules, tmp_path):
+    task, model, _ = modules
+    toks = model.tokenizers(tmp_path, 0)
+    backbone = model.build_backbone(len(toks["fim"]), 0, hidden=16, heads=2, layers=1)
+    rng = random.Random(3)
+    alone = [task.make_workspace(source, 1, rng) for source in task.SOURCES]
+    scores = model.in_context_scores(backbone, toks, alone)
+    assert set(scores) == {"fim", "chat"}
+    assert all(cells["binding"] is None and 0 <= cells["all"] <= 1 for cells in scores.values())
+    crowded = task.Workspace("debug", (("indent", "4"), ("retries", "2")), frozenset(), {},
+                             steps=("indent = 4", "retries = 2"),
+                             queries=(task.make_query("indent", "4", 0, rng), task.make_query("retries", "2", 1, rng)))
+    both = model.in_context_scores(backbone, toks, [*alone, crowded])
+    for shape, cells in both.items():
+        assert cells["binding"] in (0.0, 0.5, 1.0)  # two binding queries
+        assert cells["all"] * 5 == pytest.approx(scores[shape]["all"] * 3 + cells["binding"] * 2)
+
+
 @pytest.mark.timeout(1500)
 def test_a_tiny_run_through_the_server(modules, tmp_path):
     _, model, recall = modules
