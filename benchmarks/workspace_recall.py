@@ -24,6 +24,7 @@ Re-run (progress on stderr, the table in markdown on stdout, ``--out`` writes
 ``workspace_recall.md`` and ``.json``):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/workspace_recall.py [--seeds 0 1 2] [--quick] [--out DIR]
+        [--recipe full|quick|quick-lookup]   # served_model.RECIPES; quick-lookup: the lookup phase first
         [--workdir DIR]   # keep the models and workspaces there (default: a temporary directory);
                           # models already built there (build.json) are reused
         [--shapes fim chat] [--set FIELD=JSON ...]   # prompt shapes; served_model.Recipe overrides
@@ -444,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="K = 1, 2, 4, the quick recipe: minutes, not a table to quote"
     )
+    parser.add_argument("--recipe", choices=("full", "quick", "quick-lookup"),
+                        help="served_model.RECIPES (default: quick with --quick, else full); quick-lookup: "
+                        "the quick recipe with the lookup phase first (served_model.QUICK_LOOKUP)")
     parser.add_argument("--per-k", type=int, default=None, help="workspaces per source and K (default 8; quick 3)")
     parser.add_argument("--shapes", nargs="+", choices=("fim", "chat"), default=["fim", "chat"])
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -456,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    per_k = args.per_k or (3 if args.quick else 8)
+    quick = args.quick or args.recipe in ("quick", "quick-lookup")
+    per_k = args.per_k or (3 if quick else 8)
     temporary = None
     if args.workdir is None:
         temporary = tempfile.TemporaryDirectory(prefix="workspace-recall-")
@@ -467,18 +472,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import served_model
 
-        recipe = served_model.QUICK if args.quick else served_model.Recipe()
+        recipe = served_model.RECIPES[args.recipe or ("quick" if args.quick else "full")]
         for assignment in args.set:
             name, _, value = assignment.partition("=")
             value = json.loads(value)
             value = tuple(map(tuple, value)) if name == "adapter_episodes" else value
             recipe = dataclasses.replace(recipe, **{name: value})
-        ks = QUICK_KS if args.quick else KS
+        ks = QUICK_KS if quick else KS
         results = [run_seed(seed, args.workdir, ks, per_k, recipe, args.shapes) for seed in args.seeds]
     finally:
         if temporary is not None:
             temporary.cleanup()
-    text = table(results, QUICK_KS if args.quick else KS)
+    text = table(results, QUICK_KS if quick else KS)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

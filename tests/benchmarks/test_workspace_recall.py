@@ -97,6 +97,36 @@ def test_in_context_scores_split_the_binding_queries(modules, tmp_path):
         assert cells["all"] * 5 == pytest.approx(scores[shape]["all"] * 3 + cells["binding"] * 2)
 
 
+def test_a_marked_drill_asks_every_fact_apart_from_the_history(modules, tmp_path):
+    task, model, _ = modules
+    tokenizer = model.tokenizers(tmp_path, 0)["fim"]
+    ws = task.make_workspace("debug", 3, random.Random(2))
+    ids, weights = model.marked_drill(tokenizer, ws, random.Random(0), asks=2)
+    eos = tokenizer.eos_token
+    text = tokenizer.decode(ids)
+    history, _, asks = text.partition("\n?")
+    assert history == eos + "\n".join(task.framed(ws))
+    lines = ("?" + asks).split(eos)
+    assert lines[-1] == "" and len(lines) - 1 == 3 * (1 + 2)  # every fact once, then 2·K more
+    latest = dict(ws.facts)
+    assert all(line.startswith("?") and latest[line[1:].split(" = ")[0]] == line.split(" = ")[1] for line in lines[:-1])
+    assert weights == [1] * len(ids)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("target", "switched"), [(0.0, 100), (1.01, None)])
+def test_the_lookup_phase_ends_when_the_raw_lookup_binds(modules, tmp_path, target, switched):
+    _, model, _ = modules
+    toks = model.tokenizers(tmp_path, 0)
+    recipe = model.Recipe(max_k=2, backbone_steps=101, backbone_batch=2, hidden=16, heads=2, layers=1,
+                          lookup_first=target, lookup_batch=2, drill_format="marked", drill_asks=1)
+    backbone = model.build_backbone(len(toks["fim"]), 0, recipe.hidden, recipe.heads, recipe.layers)
+    result = model.train_backbone(backbone, toks, recipe, 0)
+    assert result["lookup_steps"] == switched
+    step, _, scores = result["curve"][0]
+    assert step == 100 and 0 <= scores["raw_lookup_binding"] <= 1
+
+
 @pytest.mark.timeout(1500)
 def test_a_tiny_run_through_the_server(modules, tmp_path):
     _, model, recall = modules
