@@ -81,6 +81,12 @@ class Recipe:
     family and never the lookup by key (see ``in_context_scores``)."""
     lookup_batch: int = 32
     lookup_asks: int = 4
+    lookup_max_steps: int | None = None
+    """A lookup phase that has not bound by this step ends its attempt (None: no bound)."""
+    backbone_attempts: int = 1
+    """Backbones tried, each from its own init and data (``attempt_seed``), until one's lookup
+    binds within ``lookup_max_steps``. Whether the lookup forms depends on the init: seed 1's
+    stayed at chance for 1800 steps while seed 1's data from another init bound by step 500."""
     adapter_episodes: tuple[tuple[int, int], ...] = ((4, 3000), (8, 6000), (16, 9000))
     """Stages of adapter training: (largest K, episodes), one ``train`` call each."""
     adapter_lr: float = 2e-3
@@ -95,10 +101,11 @@ backbone and 40 min of adapter on one idle CPU thread."""
 
 QUICK_LOOKUP = dataclasses.replace(QUICK, lookup_first=0.9, drill_format="marked", drill_asks=4, drill_share=0.25,
                                    few_families=False, backbone_lr=2e-3, backbone_schedule="constant",
-                                   backbone_steps=4000)
+                                   backbone_steps=4000, lookup_max_steps=1200, backbone_attempts=3)
 """QUICK with the lookup phase first (``workspace_recall.py --recipe quick-lookup``): marked drills
 alone at ``recall.py``'s learning rate and batch until the raw lookup binds, then a quarter
-marked drills and three quarters the server's prompts. Seed 0 reached (c) 0.95 FIM / 0.93 chat
+marked drills and three quarters the server's prompts. A lookup that has not bound by step 1200
+starts over from another init, three tries at most. Seed 0 reached (c) 0.95 FIM / 0.93 chat
 (binding queries 0.91 / 0.82) by step 1200, in about 8 minutes of one thread."""
 
 RECIPES = {"full": Recipe(), "quick": QUICK, "quick-lookup": QUICK_LOOKUP}
@@ -238,11 +245,19 @@ def in_context_scores(model: Any, toks: dict[str, Any],
     return scores
 
 
-def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) -> dict[str, Any]:
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The init and data seed of a seed's ``attempt``-th backbone (the first is the seed's own)."""
+    return seed + 1000 * attempt
+
+
+def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int, attempt: int = 0) -> dict[str, Any]:
+    """Train ``model`` (built from ``attempt_seed(seed, attempt)``) on the recipe's drills and prompts;
+    validation is the seed's whatever the attempt. ``bound`` is False when the lookup phase ran
+    out of ``lookup_max_steps`` (the attempt is over, nothing else trained)."""
     import torch
 
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    rng = random.Random(attempt_seed(seed, attempt))
+    torch.manual_seed(attempt_seed(seed, attempt))
     validation = validation_set(seed, recipe.max_k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.backbone_lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = 50
@@ -256,7 +271,7 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start, curve, scores, binding = time.perf_counter(), [], {}, {}
-    lookup_phase, lookup_steps = recipe.lookup_first is not None, None
+    lookup_phase, lookup_steps, bound = recipe.lookup_first is not None, None, True
     drill_rows = marked_drill if recipe.drill_format == "marked" else drill
     for step in range(1, recipe.backbone_steps + 1):
         model.train()
@@ -287,6 +302,10 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
                      loss.item(), _rounded({"fim": raw})["fim"], time.perf_counter() - start)
             if raw is not None and raw >= recipe.lookup_first and k_max >= recipe.max_k:
                 lookup_phase, lookup_steps = False, step
+            elif recipe.lookup_max_steps is not None and step >= recipe.lookup_max_steps:
+                log.info("backbone: the lookup did not bind by step %d; this attempt ends", step)
+                bound = False
+                break
         elif step % 100 == 0 and k_max >= recipe.max_k:
             model.eval()
             detail = in_context_scores(model, toks, validation)
@@ -309,8 +328,9 @@ def train_backbone(model: Any, toks: dict[str, Any], recipe: Recipe, seed: int) 
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return {"steps": step, "lookup_steps": lookup_steps, "validation_c": scores, "validation_c_binding": binding,
-            "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+    return {"steps": step, "attempt": attempt, "bound": bound, "lookup_steps": lookup_steps,
+            "validation_c": scores, "validation_c_binding": binding, "curve": curve,
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _rounded(scores: dict[str, float | None]) -> dict[str, float | None]:
@@ -393,8 +413,18 @@ def build_model(out: Path, seed: int, quick: bool = False, recipe: Recipe | None
     recipe = recipe or (QUICK if quick else Recipe())
     out = Path(out)
     toks = tokenizers(out, seed)
-    model = build_backbone(len(toks["fim"]), seed, recipe.hidden, recipe.heads, recipe.layers)
-    info: dict[str, Any] = {"recipe": dataclasses.asdict(recipe), "backbone": train_backbone(model, toks, recipe, seed)}
+    tried = []
+    for attempt in range(recipe.backbone_attempts):
+        model = build_backbone(len(toks["fim"]), attempt_seed(seed, attempt), recipe.hidden, recipe.heads,
+                               recipe.layers)
+        result = train_backbone(model, toks, recipe, seed, attempt)
+        if result["bound"]:
+            break
+        tried.append({key: result[key] for key in ("attempt", "steps", "curve", "seconds")})
+    else:
+        raise RuntimeError(f"seed {seed}: the lookup did not bind within {recipe.lookup_max_steps} steps in "
+                           f"{recipe.backbone_attempts} attempts (raw lookup curves: {[t['curve'] for t in tried]})")
+    info: dict[str, Any] = {"recipe": dataclasses.asdict(recipe), "backbone": result, "unbound_attempts": tried}
     model.save_pretrained(out / "backbone")
     model.save_pretrained(out / "backbone-chat")
     frozen = weights_sha256(out / "backbone")

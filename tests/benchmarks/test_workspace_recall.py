@@ -127,6 +127,21 @@ def test_the_lookup_phase_ends_when_the_raw_lookup_binds(modules, tmp_path, targ
     assert step == 100 and 0 <= scores["raw_lookup_binding"] <= 1
 
 
+@pytest.mark.timeout(300)
+def test_a_lookup_that_does_not_bind_starts_over_from_another_init_then_fails_loudly(modules, tmp_path):
+    _, model, _ = modules
+    recipe = model.Recipe(max_k=2, backbone_steps=400, backbone_batch=2, hidden=16, heads=2, layers=1,
+                          lookup_first=1.01, lookup_batch=2, drill_format="marked", drill_asks=1,
+                          lookup_max_steps=100, backbone_attempts=2, variants=())
+    toks = model.tokenizers(tmp_path, 0)
+    first = model.train_backbone(model.build_backbone(len(toks["fim"]), 0, 16, 2, 1), toks, recipe, 0)
+    assert (first["bound"], first["steps"], first["lookup_steps"]) == (False, 100, None)
+    assert model.attempt_seed(0, 0) == 0 and model.attempt_seed(0, 1) != 0  # the first try is the seed's own
+    with pytest.raises(RuntimeError, match="did not bind within 100 steps in 2 attempts"):
+        model.build_model(tmp_path / "built", 0, recipe=recipe)
+    assert not (tmp_path / "built" / "backbone" / "model.safetensors").exists()
+
+
 @pytest.mark.timeout(1500)
 def test_a_tiny_run_through_the_server(modules, tmp_path):
     _, model, recall = modules
