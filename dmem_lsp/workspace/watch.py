@@ -32,11 +32,19 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop, on_event: OnEvent, memory: WorkspaceMemory, requests: bool):
         self.loop, self.on_event, self.memory, self.requests = loop, on_event, memory, requests
 
+    def _inside(self, path: Path) -> tuple[str, ...]:
+        """The folders between the watched folder and ``path``: only those can make it ignored (a
+        project kept under ``~/.cache`` or ``~/build`` is still watched)."""
+        try:
+            return path.relative_to(self.memory.root).parts[:-1]
+        except ValueError:  # not under the root as watched (a link): judge the whole path
+            return path.parts[:-1]
+
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
             return
         path = os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path)
-        if not self.requests and IGNORED_DIRECTORIES.intersection(Path(path).parts):
+        if not self.requests and IGNORED_DIRECTORIES.intersection(self._inside(Path(path))):
             return
         self.loop.call_soon_threadsafe(self.on_event, self.memory, Path(path), self.requests)
 

@@ -406,3 +406,27 @@ async def test_memory_from_another_adapter_is_kept_for_it(fresh):
     fresh.client = await launch(fresh)
     assert any("made with another" in m.message for m in fresh.client.messages)
     assert list(directory.glob("adapters/*/state.safetensors"))  # kept for when that adapter comes back
+
+
+async def test_a_project_kept_inside_a_folder_named_like_an_ignored_one_is_watched(
+    talkative_model, talkative_adapter, tmp_path_factory
+):
+    """Ignored folder names (``.cache``, ``build``) count inside the project only: a project in
+    ``~/.cache/...`` (where ``dmem-lsp demo`` lays out its own) or ``~/build/...`` is watched."""
+    box = Box()
+    box.workspace = tmp_path_factory.mktemp("home") / ".cache" / "build" / "project"
+    box.workspace.mkdir(parents=True)
+    box.data = tmp_path_factory.mktemp("data")
+    make_project(box.workspace)
+    box.args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
+    box.client = client = await launch(box)
+    try:
+        after = len(client.memory_events)
+        (box.workspace / "build").mkdir()
+        (box.workspace / "build" / "STYLE.md").write_text("generated: not a convention of the project\n")
+        rewrite_in_place(box.workspace / "README.md", "# Project\nTests live in spec/.\n")
+        assert (await written(client, "conventions", after))["source"] == "README.md"
+        await settled(client)
+        assert not any(e.get("source", "").startswith("build/") for e in client.memory_events[after:])
+    finally:
+        await stop(client)
