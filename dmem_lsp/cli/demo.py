@@ -178,9 +178,15 @@ class Demo:
         say("")
         if self.recipe.trained:
             say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")
-            if hits < n:
+            pairs = list(zip(self.spec.queries, recalled, before, strict=True))
+            lucky = sum(recalls(q, a) and recalls(q, b) for q, a, b in pairs)
+            missed = sum(not recalls(q, a) for q, a, _ in pairs)
+            if lucky:
+                say(f"             ({lucky} right without memory too: the model's guess was the convention, so "
+                    "memory is not shown by it)")
+            if missed:
                 say(
-                    f"             ({n - hits} missed: the demo's model is small, trained on a CPU in about an hour; "
+                    f"             ({missed} missed: the demo's model is small, trained on a CPU in about an hour; "
                     "README's \"Recall through the server\" gives its measured rate)"
                 )
         else:
@@ -205,7 +211,9 @@ class Demo:
             note = ""
             if label == "memory":
                 hit = recalls(query, answer)
-                note = ("recalled ✓" if hit else "not recalled ✗") if self.recipe.trained else (
+                lucky = hit and recalls(query, compare[i])
+                note = ("recalled ✓ (right without memory too)" if lucky else "recalled ✓" if hit
+                        else "not recalled ✗") if self.recipe.trained else (
                     "changed by memory" if answer != compare[i] else "unchanged"
                 )
             elif label == "restarted":
