@@ -96,13 +96,14 @@ class Recipe:
 QUICK = Recipe(max_k=4, backbone_steps=3000, adapter_episodes=((2, 3000), (4, 13000), (4, 16000)),
                adapter_lr=6e-3,
                variants=("msw",))
-"""The demo's recipe (``scripts/make-demo-model``) and ``workspace_recall.py --quick``: K <= 4, about 30 min of
-backbone and 40 min of adapter on one idle CPU thread."""
+"""``workspace_recall.py --quick`` (the demo's recipe until ``QUICK_LOOKUP``): K <= 4, about 30 min of
+backbone and 40 min of adapter on one idle CPU thread; its backbone never learns the lookup by key."""
 
 QUICK_LOOKUP = dataclasses.replace(QUICK, lookup_first=0.9, drill_format="marked", drill_asks=4, drill_share=0.25,
                                    few_families=False, backbone_lr=2e-3, backbone_schedule="constant",
                                    backbone_steps=4000, lookup_max_steps=1200, backbone_attempts=3)
-"""QUICK with the lookup phase first (``workspace_recall.py --recipe quick-lookup``): marked drills
+"""QUICK with the lookup phase first (``workspace_recall.py --recipe quick-lookup``; the demo's recipe,
+``scripts/make-demo-model``): marked drills
 alone at ``recall.py``'s learning rate and batch until the raw lookup binds, then a quarter
 marked drills and three quarters the server's prompts. A lookup that has not bound by step 1200
 starts over from another init, three tries at most. Seed 0 reached (c) 0.95 FIM / 0.93 chat

@@ -29,9 +29,8 @@ Re-run (progress on stderr, the table in markdown on stdout, ``--out`` writes
                           # models already built there (build.json) are reused
         [--shapes fim chat] [--set FIELD=JSON ...]   # prompt shapes; served_model.Recipe overrides
 
-On a loaded 2-core machine the quick recipe's backbone needs more than 15 minutes; the one
-end-to-end run so far capped it (``--set backbone_seconds=720``) and is a pipeline check, not
-a result (README, "Recall through the server").
+``--recipe quick-lookup --seeds 0 1 2`` (K <= 4, MSW) is what README's table comes from: about an
+hour a seed on one thread of a loaded 2-core machine, most of it the adapter.
 """
 
 from __future__ import annotations
