@@ -169,16 +169,14 @@ class Demo:
         self, before: list[str], recalled: list[str], restarted: list[str], reset: list[str], same: bool
     ) -> bool:
         n = len(before)
-        hits = sum(
-            recalls(q, a) and not recalls(q, b) for q, a, b in zip(self.spec.queries, recalled, before, strict=True)
-        )
+        pairs = list(zip(self.spec.queries, recalled, before, strict=True))
+        hits = sum(recalls(q, a) and not recalls(q, b) for q, a, b in pairs)
         changed = sum(a != b for a, b in zip(recalled, before, strict=True))
         identical = sum(a == b for a, b in zip(restarted, recalled, strict=True))
         gone = sum(a == b for a, b in zip(reset, before, strict=True))
         say("")
         if self.recipe.trained:
             say(f"recall:      {hits}/{n} answers recall the conventions, which are in memory only")
-            pairs = list(zip(self.spec.queries, recalled, before, strict=True))
             lucky = sum(recalls(q, a) and recalls(q, b) for q, a, b in pairs)
             missed = sum(not recalls(q, a) for q, a, _ in pairs)
             if lucky:

@@ -35,10 +35,8 @@ class _Handler(FileSystemEventHandler):
     def _inside(self, path: Path) -> tuple[str, ...]:
         """The folders between the watched folder and ``path``: only those can make it ignored (a
         project kept under ``~/.cache`` or ``~/build`` is still watched)."""
-        try:
-            return path.relative_to(self.memory.root).parts[:-1]
-        except ValueError:  # not under the root as watched (a link): judge the whole path
-            return path.parts[:-1]
+        relative = self.memory.policy.relative(path)
+        return (relative or path).parts[:-1]  # not under the root (a link out): the whole path
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):

@@ -56,9 +56,10 @@ def make_project(w: Path) -> None:
     (w / ".env").write_text("API_KEY=abc\n")
 
 
-async def new_box(model: Path, adapter: Path, tmp_path_factory) -> Box:
+async def new_box(model: Path, adapter: Path, tmp_path_factory, workspace: Path | None = None) -> Box:
     box = Box()
-    box.workspace = tmp_path_factory.mktemp("project")
+    box.workspace = workspace or tmp_path_factory.mktemp("project")
+    box.workspace.mkdir(parents=True, exist_ok=True)
     box.data = tmp_path_factory.mktemp("data")
     make_project(box.workspace)
     box.args = ["--model", str(model), "--adapter", str(adapter), "--device", "cpu"]
@@ -413,13 +414,9 @@ async def test_a_project_kept_inside_a_folder_named_like_an_ignored_one_is_watch
 ):
     """Ignored folder names (``.cache``, ``build``) count inside the project only: a project in
     ``~/.cache/...`` (where ``dmem-lsp demo`` lays out its own) or ``~/build/...`` is watched."""
-    box = Box()
-    box.workspace = tmp_path_factory.mktemp("home") / ".cache" / "build" / "project"
-    box.workspace.mkdir(parents=True)
-    box.data = tmp_path_factory.mktemp("data")
-    make_project(box.workspace)
-    box.args = ["--model", str(talkative_model), "--adapter", str(talkative_adapter), "--device", "cpu"]
-    box.client = client = await launch(box)
+    workspace = tmp_path_factory.mktemp("home") / ".cache" / "build" / "project"
+    box = await new_box(talkative_model, talkative_adapter, tmp_path_factory, workspace)
+    client = box.client
     try:
         after = len(client.memory_events)
         (box.workspace / "build").mkdir()
